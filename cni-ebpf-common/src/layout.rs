@@ -1,0 +1,55 @@
+//! Compile-time checks of the ABI: a layout change fails the build here
+//! before it can reach a pinned map.
+
+use core::mem::{align_of, offset_of, size_of};
+
+use crate::{Counter, ProtoKey, RuleValue};
+
+const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(align_of::<Counter>() == 8);
+const _: () = assert!(offset_of!(Counter, bytes) == 8);
+
+const _: () = assert!(size_of::<RuleValue>() == 8);
+const _: () = assert!(offset_of!(RuleValue, action) == 4);
+const _: () = assert!(offset_of!(RuleValue, origin) == 5);
+
+const _: () = assert!(size_of::<ProtoKey>() == 8);
+const _: () = assert!(offset_of!(ProtoKey, protocol) == 1);
+const _: () = assert!(offset_of!(ProtoKey, has_selector) == 2);
+const _: () = assert!(offset_of!(ProtoKey, selector) == 4);
+
+#[cfg(test)]
+mod tests {
+    use crate::maps::MAP_SPECS;
+    use crate::Reason;
+
+    #[test]
+    fn reason_codes_are_unique_and_in_range() {
+        for (i, (a, name)) in Reason::ALL.iter().enumerate() {
+            assert!(a.0 < crate::maps::REASONS_MAX, "{name} out of range");
+            assert_eq!(a.name(), Some(*name));
+            for (b, other) in &Reason::ALL[i + 1..] {
+                assert_ne!(a, b, "{name} and {other} share a code");
+                assert_ne!(name, other);
+            }
+        }
+    }
+
+    #[test]
+    fn drop_reasons_are_the_drop_range() {
+        assert!(Reason::PREFILTER_DROP_PROTO.is_drop());
+        assert!(Reason::PREFILTER_DROP_CIDR.is_drop());
+        assert!(Reason::PREFILTER_DROP_MALFORMED.is_drop());
+        assert!(!Reason::PREFILTER_PASS_NO_MATCH.is_drop());
+        assert!(!Reason::FROM_POD_PASS.is_drop());
+    }
+
+    #[test]
+    fn map_specs_have_unique_names() {
+        for (i, a) in MAP_SPECS.iter().enumerate() {
+            for b in &MAP_SPECS[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Map names, sizes and the pin layout under the bpffs directory.
+//!
+//! The names are the ELF symbol names of the maps in `cni-ebpf` and the file
+//! names of their pins in `<bpffs-dir>/maps/`.
+
+use core::mem::size_of;
+
+use crate::prefilter::{CIDR4_KEY_SIZE, CIDR6_KEY_SIZE};
+use crate::{Counter, ProtoKey, RuleValue};
+
+/// Default root of everything Sluice pins.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/sluice";
+/// Subdirectory of pinned maps.
+pub const MAPS_DIR: &str = "maps";
+/// Subdirectory of pinned programs (the plugin attaches these to veths).
+pub const PROGS_DIR: &str = "progs";
+/// Subdirectory of pinned links (one per attachment).
+pub const LINKS_DIR: &str = "links";
+
+/// Program names: ELF function names and pin file names in `progs/`.
+pub const PROG_XDP_PREFILTER: &str = "xdp_prefilter";
+/// TCX ingress on the host side of a pod veth.
+pub const PROG_FROM_POD: &str = "from_pod";
+/// TCX egress on the host side of a pod veth.
+pub const PROG_TO_POD: &str = "to_pod";
+
+/// Protocol rules of the prefilter.
+pub const PREFILTER_PROTO: &str = "PREFILTER_PROTO";
+/// IPv4 source CIDR rules of the prefilter (LPM trie).
+pub const PREFILTER_CIDR4: &str = "PREFILTER_CIDR4";
+/// IPv6 source CIDR rules of the prefilter (LPM trie).
+pub const PREFILTER_CIDR6: &str = "PREFILTER_CIDR6";
+/// Per-rule per-CPU counters, indexed by `RuleValue::rule_id`.
+pub const PREFILTER_RULE_COUNTERS: &str = "PREFILTER_RULE_COUNTERS";
+/// Per-reason per-CPU counters, indexed by [`crate::Reason`].
+pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
+
+/// Most protocol rules.
+pub const PREFILTER_PROTO_MAX: u32 = 256;
+/// Most CIDR rules per family.
+pub const PREFILTER_CIDR_MAX: u32 = 16_384;
+/// Rule ids run 1..PREFILTER_RULES_MAX (0 is unused), shared by all rule maps.
+pub const PREFILTER_RULES_MAX: u32 = 2 * PREFILTER_CIDR_MAX + PREFILTER_PROTO_MAX + 1;
+/// Reason codes are below this.
+pub const REASONS_MAX: u32 = 64;
+
+/// Kernel map types used (`enum bpf_map_type`).
+pub const BPF_MAP_TYPE_HASH: u32 = 1;
+/// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+/// `BPF_MAP_TYPE_LPM_TRIE`.
+pub const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+
+/// The shape of a pinned map. The agent compares a pin against this before
+/// reusing it; any difference means the layout changed and the pin is
+/// replaced (a migration), never silently reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// Name of the map and of its pin.
+    pub name: &'static str,
+    /// `enum bpf_map_type`.
+    pub map_type: u32,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes (per CPU for per-CPU maps).
+    pub value_size: u32,
+    /// Capacity.
+    pub max_entries: u32,
+}
+
+/// Every pinned map of the datapath and its expected shape.
+pub const MAP_SPECS: [MapSpec; 5] = [
+    MapSpec {
+        name: PREFILTER_PROTO,
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: size_of::<ProtoKey>() as u32,
+        value_size: size_of::<RuleValue>() as u32,
+        max_entries: PREFILTER_PROTO_MAX,
+    },
+    MapSpec {
+        name: PREFILTER_CIDR4,
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: CIDR4_KEY_SIZE,
+        value_size: size_of::<RuleValue>() as u32,
+        max_entries: PREFILTER_CIDR_MAX,
+    },
+    MapSpec {
+        name: PREFILTER_CIDR6,
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: CIDR6_KEY_SIZE,
+        value_size: size_of::<RuleValue>() as u32,
+        max_entries: PREFILTER_CIDR_MAX,
+    },
+    MapSpec {
+        name: PREFILTER_RULE_COUNTERS,
+        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+        key_size: 4,
+        value_size: size_of::<Counter>() as u32,
+        max_entries: PREFILTER_RULES_MAX,
+    },
+    MapSpec {
+        name: REASON_COUNTERS,
+        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+        key_size: 4,
+        value_size: size_of::<Counter>() as u32,
+        max_entries: REASONS_MAX,
+    },
+];

@@ -1,0 +1,247 @@
+//! Header parsing shared by every program. Every read goes through
+//! [`ptr_at`], which the verifier can prove in bounds; nothing here panics or
+//! indexes.
+
+use cni_ebpf_common::prefilter::{FAMILY_IPV4, FAMILY_IPV6};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_HLEN: usize = 4;
+/// Q-in-Q is two tags; a third is not a real-world frame.
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers walked before giving up on finding the L4 header.
+const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+/// IP protocol numbers used in parsing.
+pub const IPPROTO_ICMP: u8 = 1;
+/// TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// SCTP.
+pub const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// What the L4 header told us, when there was one to read.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    /// TCP/UDP/SCTP destination port, or ICMP/ICMPv6 type (host order).
+    pub selector: u16,
+    /// False for protocols without ports or types, and for non-first
+    /// fragments, whose L4 header is in another packet.
+    pub has_selector: bool,
+}
+
+/// A parsed IP packet.
+#[derive(Clone, Copy)]
+pub struct IpPacket {
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// L4 protocol (after IPv6 extension headers).
+    pub protocol: u8,
+    /// Source address; IPv4 uses the first four bytes.
+    pub src: [u8; 16],
+    /// Port or type, when readable.
+    pub l4: L4,
+}
+
+/// Outcome of parsing a frame. Every frame gets one of these: there is no
+/// error path a packet can fall through.
+pub enum Parsed {
+    /// An IPv4 or IPv6 packet.
+    Ip(IpPacket),
+    /// A well-formed frame carrying something other than IP (ARP, LLDP...).
+    NotIp,
+    /// Too short for its headers or with impossible header fields.
+    Malformed,
+}
+
+/// A bounds-checked pointer to a `T` at `offset` in `[start, end)`.
+#[inline(always)]
+pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
+    let len = core::mem::size_of::<T>();
+    if start + offset + len > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Reads a `T` at `offset`, unaligned (packet data has no alignment).
+#[inline(always)]
+fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
+    let p = ptr_at::<T>(start, end, offset)?;
+    // SAFETY: ptr_at proved [p, p + size_of::<T>()) lies inside the packet.
+    Some(unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+fn read_be16(start: usize, end: usize, offset: usize) -> Option<u16> {
+    read::<[u8; 2]>(start, end, offset).map(u16::from_be_bytes)
+}
+
+/// Parses the frame in `[start, end)` from its Ethernet header.
+#[inline(always)]
+pub fn parse_frame(start: usize, end: usize) -> Parsed {
+    let Some(mut ethertype) = read_be16(start, end, 12) else {
+        return Parsed::Malformed;
+    };
+    let mut offset = ETH_HLEN;
+    let mut tags = 0;
+    while tags < MAX_VLAN_TAGS && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+        // The tag's inner ethertype sits in its last two bytes.
+        let Some(inner) = read_be16(start, end, offset + 2) else {
+            return Parsed::Malformed;
+        };
+        ethertype = inner;
+        offset += VLAN_HLEN;
+        tags += 1;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(start, end, offset),
+        ETH_P_IPV6 => parse_ipv6(start, end, offset),
+        _ => Parsed::NotIp,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
+    let Some(header) = read::<[u8; 20]>(start, end, l3) else {
+        return Parsed::Malformed;
+    };
+    let version = header[0] >> 4;
+    let ihl = (header[0] & 0x0f) as usize;
+    if version != 4 || ihl < 5 {
+        return Parsed::Malformed;
+    }
+    let header_len = ihl * 4;
+    // Options are legal; the whole header must still be in the frame.
+    if start + l3 + header_len > end {
+        return Parsed::Malformed;
+    }
+    let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
+    let protocol = header[9];
+    let mut src = [0u8; 16];
+    src[0] = header[12];
+    src[1] = header[13];
+    src[2] = header[14];
+    src[3] = header[15];
+    let l4 = if fragment_offset != 0 {
+        // A later fragment: its first bytes are payload, not ports.
+        Some(L4 {
+            selector: 0,
+            has_selector: false,
+        })
+    } else {
+        read_l4(start, end, l3 + header_len, protocol, IPPROTO_ICMP)
+    };
+    match l4 {
+        Some(l4) => Parsed::Ip(IpPacket {
+            family: FAMILY_IPV4,
+            protocol,
+            src,
+            l4,
+        }),
+        None => Parsed::Malformed,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
+    let Some(header) = read::<[u8; IPV6_HLEN]>(start, end, l3) else {
+        return Parsed::Malformed;
+    };
+    if header[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let mut src = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        src[i] = header[8 + i];
+        i += 1;
+    }
+    let mut next = header[6];
+    let mut offset = l3 + IPV6_HLEN;
+    let mut later_fragment = false;
+    let mut walked = 0;
+    while walked < MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Some(ext) = read::<[u8; 2]>(start, end, offset) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                offset += (ext[1] as usize + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(ext) = read::<[u8; 4]>(start, end, offset) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                later_fragment = u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0;
+                offset += 8;
+            }
+            IPPROTO_AH => {
+                let Some(ext) = read::<[u8; 2]>(start, end, offset) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                offset += (ext[1] as usize + 2) * 4;
+            }
+            _ => break,
+        }
+        walked += 1;
+    }
+    let l4 = if later_fragment {
+        Some(L4 {
+            selector: 0,
+            has_selector: false,
+        })
+    } else {
+        read_l4(start, end, offset, next, IPPROTO_ICMPV6)
+    };
+    match l4 {
+        Some(l4) => Parsed::Ip(IpPacket {
+            family: FAMILY_IPV6,
+            protocol: next,
+            src,
+            l4,
+        }),
+        None => Parsed::Malformed,
+    }
+}
+
+/// Reads the destination port or ICMP type. `None` when the header the
+/// protocol promises is cut short.
+#[inline(always)]
+fn read_l4(start: usize, end: usize, offset: usize, protocol: u8, icmp: u8) -> Option<L4> {
+    if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP {
+        // Source and destination port are the first four bytes of all three.
+        let ports = read::<[u8; 4]>(start, end, offset)?;
+        return Some(L4 {
+            selector: u16::from_be_bytes([ports[2], ports[3]]),
+            has_selector: true,
+        });
+    }
+    if protocol == icmp {
+        let icmp_type = read::<u8>(start, end, offset)?;
+        return Some(L4 {
+            selector: icmp_type as u16,
+            has_selector: true,
+        });
+    }
+    Some(L4 {
+        selector: 0,
+        has_selector: false,
+    })
+}
