@@ -1,1 +1,107 @@
-fn main() {}
+//! `sluice-agent`: the per-node daemon. Thin: flags here, work in the library.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use cni_agent::{
+    agent::{run, AgentConfig},
+    bpffs::PinLayout,
+    cleanup::cleanup,
+};
+use cni_ebpf_common::maps::DEFAULT_BPFFS_DIR;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    /// Let the kernel pick (native when the driver supports it).
+    Auto,
+    /// Native (driver) XDP; fails on drivers without it.
+    Native,
+    /// Generic (skb) XDP: works everywhere, slower.
+    Generic,
+}
+
+/// Sluice node agent: loads and pins the eBPF datapath, attaches the XDP
+/// prefilter to uplinks, and keeps it all running across its own restarts.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Root of everything Sluice pins (on a bpffs; mounted if missing).
+    #[arg(long, env = "SLUICE_BPFFS_DIR", default_value = DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+    /// Attach the XDP prefilter to this interface (repeatable). Interfaces
+    /// attached earlier and not named now are detached.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    uplinks: Vec<String>,
+    /// Prefilter rules file (YAML or JSON, `rules: [...]`). Rules added by
+    /// `sluicectl filter add` are kept across restarts either way.
+    #[arg(long, value_name = "FILE")]
+    prefilter: Option<PathBuf>,
+    /// XDP attach mode for uplinks.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpModeArg,
+    /// Serve Prometheus metrics here (e.g. 127.0.0.1:9962).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log filter (tracing env-filter syntax); RUST_LOG overrides.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Remove every pin (links, programs, maps) under --bpffs-dir and exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+fn ebpf_log_level(filter: &str) -> u8 {
+    // aya-log levels: 1 error .. 5 trace; records above are never written.
+    match filter.to_ascii_lowercase().as_str() {
+        "off" => 0,
+        "error" => 1,
+        "warn" => 2,
+        "debug" => 4,
+        "trace" => 5,
+        _ => 3,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .context("--log-level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    if args.cleanup {
+        let layout = PinLayout::new(&args.bpffs_dir);
+        let report = cleanup(&layout)?;
+        tracing::info!(
+            links = ?report.links,
+            progs = ?report.progs,
+            maps = report.maps.len(),
+            "cleanup done: {} removed",
+            layout.root().display()
+        );
+        return Ok(());
+    }
+
+    let config = AgentConfig {
+        bpffs_dir: args.bpffs_dir,
+        uplinks: args.uplinks,
+        prefilter: args.prefilter,
+        xdp_mode: match args.xdp_mode {
+            XdpModeArg::Auto => aya::programs::XdpMode::Default,
+            XdpModeArg::Native => aya::programs::XdpMode::Driver,
+            XdpModeArg::Generic => aya::programs::XdpMode::Skb,
+        },
+        ebpf_log_level: ebpf_log_level(&args.log_level),
+        metrics_addr: args.metrics_addr,
+    };
+    // A current-thread runtime: the agent's work is a few fds and a signal.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(config))
+}

@@ -35,6 +35,13 @@ pub const PREFILTER_RULE_COUNTERS: &str = "PREFILTER_RULE_COUNTERS";
 /// Per-reason per-CPU counters, indexed by [`crate::Reason`].
 pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
 
+/// aya-log's ring buffer (defined by aya-log-ebpf, 128 KiB). Pinned like the
+/// others so programs from an earlier agent and this one share one buffer
+/// and one reader forwards both into the agent's log.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+/// Size of [`AYA_LOGS`] in bytes, as aya-log-ebpf 0.2 defines it.
+pub const AYA_LOGS_BYTES: u32 = 1 << 17;
+
 /// Most protocol rules.
 pub const PREFILTER_PROTO_MAX: u32 = 256;
 /// Most CIDR rules per family.
@@ -50,6 +57,8 @@ pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 /// `BPF_MAP_TYPE_LPM_TRIE`.
 pub const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+/// `BPF_MAP_TYPE_RINGBUF`.
+pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// The shape of a pinned map. The agent compares a pin against this before
 /// reusing it; any difference means the layout changed and the pin is
@@ -68,8 +77,15 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
+impl MapSpec {
+    /// The spec of the pinned map called `name`.
+    pub fn by_name(name: &str) -> Option<&'static MapSpec> {
+        MAP_SPECS.iter().find(|spec| spec.name.as_bytes() == name.as_bytes())
+    }
+}
+
 /// Every pinned map of the datapath and its expected shape.
-pub const MAP_SPECS: [MapSpec; 5] = [
+pub const MAP_SPECS: [MapSpec; 6] = [
     MapSpec {
         name: PREFILTER_PROTO,
         map_type: BPF_MAP_TYPE_HASH,
@@ -104,5 +120,12 @@ pub const MAP_SPECS: [MapSpec; 5] = [
         key_size: 4,
         value_size: size_of::<Counter>() as u32,
         max_entries: REASONS_MAX,
+    },
+    MapSpec {
+        name: AYA_LOGS,
+        map_type: BPF_MAP_TYPE_RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: AYA_LOGS_BYTES,
     },
 ];

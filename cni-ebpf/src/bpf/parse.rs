@@ -234,9 +234,12 @@ fn read_l4(start: usize, end: usize, offset: usize, protocol: u8, icmp: u8) -> O
         });
     }
     if protocol == icmp {
-        let icmp_type = read::<u8>(start, end, offset)?;
+        // Type, code and checksum: the fixed 4 bytes of every ICMP header.
+        // (A one-byte read lets LLVM emit `ptr >= end`, from which the
+        // verifier derives no readable range.)
+        let header = read::<[u8; 4]>(start, end, offset)?;
         return Some(L4 {
-            selector: icmp_type as u16,
+            selector: header[0] as u16,
             has_selector: true,
         });
     }

@@ -1,0 +1,48 @@
+//! `sluice-agent --cleanup`: remove everything Sluice pinned. Unpinning a
+//! link detaches it; unpinning programs and maps frees them once nothing
+//! else holds them.
+
+use anyhow::Context as _;
+
+use crate::bpffs::PinLayout;
+
+/// What was removed.
+#[derive(Debug, Default)]
+pub struct CleanupReport {
+    /// Link pins removed (each one detached).
+    pub links: Vec<String>,
+    /// Program pins removed.
+    pub progs: Vec<String>,
+    /// Map pins removed.
+    pub maps: Vec<String>,
+}
+
+fn remove_all_in(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    if !dir.exists() {
+        return Ok(removed);
+    }
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        removed.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    }
+    removed.sort();
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(removed)
+}
+
+/// Removes links first (so nothing runs), then programs, then maps, then
+/// the directories. Missing pieces are not an error: cleanup is idempotent.
+pub fn cleanup(layout: &PinLayout) -> anyhow::Result<CleanupReport> {
+    let report = CleanupReport {
+        links: remove_all_in(&layout.links_dir())?,
+        progs: remove_all_in(&layout.progs_dir())?,
+        maps: remove_all_in(&layout.maps_dir())?,
+    };
+    if layout.root().exists() {
+        std::fs::remove_dir(layout.root())
+            .with_context(|| format!("removing {} (something else is in it?)", layout.root().display()))?;
+    }
+    Ok(report)
+}
