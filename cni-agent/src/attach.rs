@@ -81,12 +81,14 @@ fn attach_uplink(
     let pin = layout.xdp_link(ifname);
     let mut reattach = false;
     if pin.exists() {
-        let state = pinned_xdp_link_state(&pin).with_context(|| format!("reading {}", pin.display()))?;
+        let state =
+            pinned_xdp_link_state(&pin).with_context(|| format!("reading {}", pin.display()))?;
         if state.ifindex == index {
             if state.prog_id == prog_id {
                 return Ok(UplinkAttach::Adopted);
             }
-            let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+            let link =
+                PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
             let xdp_link = XdpLink::try_from(FdLink::from(link))?;
             let id = prog.attach_to_link(xdp_link).context("bpf_link_update")?;
             // The pin keeps the link alive; our fd of it can go.
@@ -102,8 +104,13 @@ fn attach_uplink(
         .take_link(id)?
         .try_into()
         .context("the kernel attached XDP without a bpf_link; cannot pin it")?;
-    link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(if reattach { UplinkAttach::Reattached } else { UplinkAttach::Attached })
+    link.pin(&pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(if reattach {
+        UplinkAttach::Reattached
+    } else {
+        UplinkAttach::Attached
+    })
 }
 
 /// The XDP links pinned under `layout`, as (interface name, pin path).

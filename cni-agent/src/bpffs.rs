@@ -93,8 +93,14 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
         let mount_point = Path::new(BPFFS_MOUNT);
         if dir.starts_with(mount_point) && mount_point.is_dir() {
             tracing::info!(mount_point = BPFFS_MOUNT, "bpffs not mounted; mounting it");
-            mount(Some("bpf"), mount_point, Some("bpf"), MsFlags::empty(), None::<&str>)
-                .with_context(|| format!("mount -t bpf bpf {BPFFS_MOUNT}"))?;
+            mount(
+                Some("bpf"),
+                mount_point,
+                Some("bpf"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .with_context(|| format!("mount -t bpf bpf {BPFFS_MOUNT}"))?;
         } else {
             bail!(
                 "{} is not on a bpffs (found on {}); mount one there: mount -t bpf bpf <dir>",

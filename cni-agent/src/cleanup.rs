@@ -25,7 +25,12 @@ fn remove_all_in(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        removed.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        removed.push(
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     removed.sort();
     std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -41,8 +46,12 @@ pub fn cleanup(layout: &PinLayout) -> anyhow::Result<CleanupReport> {
         maps: remove_all_in(&layout.maps_dir())?,
     };
     if layout.root().exists() {
-        std::fs::remove_dir(layout.root())
-            .with_context(|| format!("removing {} (something else is in it?)", layout.root().display()))?;
+        std::fs::remove_dir(layout.root()).with_context(|| {
+            format!(
+                "removing {} (something else is in it?)",
+                layout.root().display()
+            )
+        })?;
     }
     Ok(report)
 }

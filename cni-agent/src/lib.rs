@@ -7,6 +7,7 @@ pub mod agent;
 pub mod attach;
 pub mod bpffs;
 pub mod cleanup;
+pub mod cli;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -105,20 +105,29 @@ pub fn check_map_pins(layout: &PinLayout) -> anyhow::Result<Vec<(&'static str, M
 pub fn load(layout: &PinLayout, log_level: u8) -> anyhow::Result<Loaded> {
     layout.create_dirs()?;
     let maps = check_map_pins(layout)?;
-    let map_paths: Vec<_> = MAP_SPECS.iter().map(|spec| (spec.name, layout.map(spec.name))).collect();
+    let map_paths: Vec<_> = MAP_SPECS
+        .iter()
+        .map(|spec| (spec.name, layout.map(spec.name)))
+        .collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
     loader.override_global("AYA_LOG_LEVEL", &log_level, false);
-    let mut ebpf = loader.load(crate::EBPF_OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = loader
+        .load(crate::EBPF_OBJECT)
+        .context("loading the eBPF object")?;
 
     let mut progs = Vec::new();
     {
         let xdp: &mut Xdp = program_mut(&mut ebpf, PROG_XDP_PREFILTER)?.try_into()?;
-        xdp.load().with_context(|| format!("verifying {PROG_XDP_PREFILTER}"))?;
+        xdp.load()
+            .with_context(|| format!("verifying {PROG_XDP_PREFILTER}"))?;
         let info = xdp.info()?;
-        progs.push((PROG_XDP_PREFILTER, pin_program(layout, PROG_XDP_PREFILTER, &info, |p| xdp.pin(p))?));
+        progs.push((
+            PROG_XDP_PREFILTER,
+            pin_program(layout, PROG_XDP_PREFILTER, &info, |p| xdp.pin(p))?,
+        ));
     }
     for name in [PROG_FROM_POD, PROG_TO_POD] {
         let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?.try_into()?;
@@ -129,7 +138,10 @@ pub fn load(layout: &PinLayout, log_level: u8) -> anyhow::Result<Loaded> {
     Ok(Loaded { ebpf, maps, progs })
 }
 
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))
 }

@@ -120,8 +120,13 @@ pub struct Rule {
 }
 
 /// IP protocol numbers by name.
-pub const PROTOCOLS: [(&str, u8); 5] =
-    [("icmp", 1), ("tcp", 6), ("udp", 17), ("icmpv6", 58), ("sctp", 132)];
+pub const PROTOCOLS: [(&str, u8); 5] = [
+    ("icmp", 1),
+    ("tcp", 6),
+    ("udp", 17),
+    ("icmpv6", 58),
+    ("sctp", 132),
+];
 
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
@@ -145,7 +150,9 @@ fn parse_protocol(s: &str) -> Result<u8, RuleError> {
     if let Some((_, n)) = PROTOCOLS.iter().find(|(name, _)| *name == lower) {
         return Ok(*n);
     }
-    lower.parse::<u8>().map_err(|_| RuleError::UnknownProtocol(s.to_owned()))
+    lower
+        .parse::<u8>()
+        .map_err(|_| RuleError::UnknownProtocol(s.to_owned()))
 }
 
 /// ICMP type names: (name, ICMPv4 type, ICMPv6 type).
@@ -161,14 +168,23 @@ fn parse_icmp_type(s: &str, protocol: u8) -> Result<u16, RuleError> {
     if let Some((_, v4, v6)) = ICMP_TYPES.iter().find(|(name, _, _)| *name == lower) {
         return Ok(if protocol == ICMPV6 { *v6 } else { *v4 });
     }
-    lower.parse::<u8>().map(u16::from).map_err(|_| RuleError::UnknownIcmpType(s.to_owned()))
+    lower
+        .parse::<u8>()
+        .map(u16::from)
+        .map_err(|_| RuleError::UnknownIcmpType(s.to_owned()))
 }
 
 /// The name of an ICMP type, if it has one here.
 pub fn icmp_type_name(protocol: u8, icmp_type: u16) -> Option<&'static str> {
     ICMP_TYPES
         .iter()
-        .find(|(_, v4, v6)| if protocol == ICMPV6 { *v6 == icmp_type } else { *v4 == icmp_type })
+        .find(|(_, v4, v6)| {
+            if protocol == ICMPV6 {
+                *v6 == icmp_type
+            } else {
+                *v4 == icmp_type
+            }
+        })
         .map(|(name, _, _)| *name)
 }
 
@@ -218,37 +234,58 @@ impl RuleSpec {
                     ("family", self.family.is_some()),
                 ] {
                     if given {
-                        return Err(RuleError::OptionNotApplicable { option, protocol: "cidr".into() });
+                        return Err(RuleError::OptionNotApplicable {
+                            option,
+                            protocol: "cidr".into(),
+                        });
                     }
                 }
-                Ok(Rule { matcher: Match::Cidr(parse_cidr(cidr)?), action })
+                Ok(Rule {
+                    matcher: Match::Cidr(parse_cidr(cidr)?),
+                    action,
+                })
             }
             (Some(proto), None) => {
                 let protocol = parse_protocol(proto)?;
                 let name = protocol_name(protocol);
                 let selector = match (self.icmp_type.as_deref(), self.port) {
                     (Some(_), Some(_)) => {
-                        return Err(RuleError::OptionNotApplicable { option: "port", protocol: name })
+                        return Err(RuleError::OptionNotApplicable {
+                            option: "port",
+                            protocol: name,
+                        })
                     }
                     (Some(t), None) if protocol == ICMP || protocol == ICMPV6 => {
                         Some(parse_icmp_type(t, protocol)?)
                     }
                     (Some(_), None) => {
-                        return Err(RuleError::OptionNotApplicable { option: "icmpType", protocol: name })
+                        return Err(RuleError::OptionNotApplicable {
+                            option: "icmpType",
+                            protocol: name,
+                        })
                     }
                     (None, Some(0)) if has_ports(protocol) => return Err(RuleError::PortZero),
                     (None, Some(port)) if has_ports(protocol) => Some(port),
                     (None, Some(_)) => {
-                        return Err(RuleError::OptionNotApplicable { option: "port", protocol: name })
+                        return Err(RuleError::OptionNotApplicable {
+                            option: "port",
+                            protocol: name,
+                        })
                     }
                     (None, None) => None,
                 };
-                let families = match (protocol, self.family.as_deref().map(str::to_ascii_lowercase)) {
+                let families = match (
+                    protocol,
+                    self.family.as_deref().map(str::to_ascii_lowercase),
+                ) {
                     // ICMP and ICMPv6 each belong to one family.
                     (ICMP, None) => vec![Family::Ipv4],
                     (ICMPV6, None) => vec![Family::Ipv6],
                     (ICMP | ICMPV6, Some(_)) => {
-                        return Err(RuleError::OptionNotApplicable { option: "family", protocol: name })
+                        return Err(RuleError::OptionNotApplicable {
+                            option: "family",
+                            protocol: name,
+                        })
                     }
                     (_, None) => vec![Family::Ipv4, Family::Ipv6],
                     (_, Some(f)) => match f.as_str() {
@@ -258,7 +295,14 @@ impl RuleSpec {
                         _ => return Err(RuleError::UnknownFamily(f)),
                     },
                 };
-                Ok(Rule { matcher: Match::Proto { protocol, families, selector }, action })
+                Ok(Rule {
+                    matcher: Match::Proto {
+                        protocol,
+                        families,
+                        selector,
+                    },
+                    action,
+                })
             }
         }
     }
@@ -267,9 +311,15 @@ impl RuleSpec {
 /// Parses a CIDR, refusing host bits (a typo that would silently match a
 /// different network than the operator read).
 pub fn parse_cidr(s: &str) -> Result<IpNet, RuleError> {
-    let net: IpNet = s.trim().parse().map_err(|_| RuleError::BadCidr(s.to_owned()))?;
+    let net: IpNet = s
+        .trim()
+        .parse()
+        .map_err(|_| RuleError::BadCidr(s.to_owned()))?;
     if net.trunc() != net {
-        return Err(RuleError::HostBits { given: s.to_owned(), network: net.trunc().to_string() });
+        return Err(RuleError::HostBits {
+            given: s.to_owned(),
+            network: net.trunc().to_string(),
+        });
     }
     Ok(net)
 }
@@ -278,7 +328,11 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.matcher {
             Match::Cidr(net) => write!(f, "{} from {net}", self.action),
-            Match::Proto { protocol, families, selector } => {
+            Match::Proto {
+                protocol,
+                families,
+                selector,
+            } => {
                 write!(f, "{} {}", self.action, protocol_name(*protocol))?;
                 match selector {
                     Some(t) if *protocol == ICMP || *protocol == ICMPV6 => {
@@ -291,7 +345,15 @@ impl fmt::Display for Rule {
                     None => {}
                 }
                 if *protocol != ICMP && *protocol != ICMPV6 && families.len() == 1 {
-                    write!(f, " ({})", if families[0] == Family::Ipv4 { "ipv4" } else { "ipv6" })?;
+                    write!(
+                        f,
+                        " ({})",
+                        if families[0] == Family::Ipv4 {
+                            "ipv4"
+                        } else {
+                            "ipv6"
+                        }
+                    )?;
                 }
                 Ok(())
             }
@@ -310,7 +372,10 @@ struct RulesFile {
 /// Parses rules from YAML or JSON text (JSON is YAML). A rule given twice
 /// is an error, not silently merged.
 pub fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RuleError> {
-    let file_err = |message: String| RuleError::File { path: origin.to_owned(), message };
+    let file_err = |message: String| RuleError::File {
+        path: origin.to_owned(),
+        message,
+    };
     let file: RulesFile = if text.trim().is_empty() {
         RulesFile::default()
     } else {
@@ -319,9 +384,15 @@ pub fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RuleError> {
     let mut seen = BTreeSet::new();
     let mut rules = Vec::new();
     for (i, spec) in file.rules.iter().enumerate() {
-        let rule = spec.to_rule().map_err(|e| file_err(format!("rule {}: {e}", i + 1)))?;
+        let rule = spec
+            .to_rule()
+            .map_err(|e| file_err(format!("rule {}: {e}", i + 1)))?;
         if !seen.insert(rule.matcher.clone()) {
-            return Err(file_err(format!("rule {}: {}", i + 1, RuleError::Duplicate(rule.to_string()))));
+            return Err(file_err(format!(
+                "rule {}: {}",
+                i + 1,
+                RuleError::Duplicate(rule.to_string())
+            )));
         }
         rules.push(rule);
     }
@@ -342,7 +413,11 @@ mod tests {
     use super::*;
 
     fn spec(proto: Option<&str>, cidr: Option<&str>) -> RuleSpec {
-        RuleSpec { proto: proto.map(Into::into), cidr: cidr.map(Into::into), ..Default::default() }
+        RuleSpec {
+            proto: proto.map(Into::into),
+            cidr: cidr.map(Into::into),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -351,7 +426,11 @@ mod tests {
         assert_eq!(rule.action, Action::Drop);
         assert_eq!(
             rule.matcher,
-            Match::Proto { protocol: 1, families: vec![Family::Ipv4], selector: None }
+            Match::Proto {
+                protocol: 1,
+                families: vec![Family::Ipv4],
+                selector: None
+            }
         );
         assert_eq!(rule.to_string(), "drop icmp");
     }
@@ -363,7 +442,11 @@ mod tests {
         let rule = s.to_rule().unwrap();
         assert_eq!(
             rule.matcher,
-            Match::Proto { protocol: 58, families: vec![Family::Ipv6], selector: Some(128) }
+            Match::Proto {
+                protocol: 58,
+                families: vec![Family::Ipv6],
+                selector: Some(128)
+            }
         );
         assert_eq!(rule.to_string(), "drop icmpv6 echo-request");
     }
@@ -374,12 +457,20 @@ mod tests {
         s.port = Some(22);
         assert_eq!(
             s.to_rule().unwrap().matcher,
-            Match::Proto { protocol: 6, families: vec![Family::Ipv4, Family::Ipv6], selector: Some(22) }
+            Match::Proto {
+                protocol: 6,
+                families: vec![Family::Ipv4, Family::Ipv6],
+                selector: Some(22)
+            }
         );
         s.family = Some("ipv6".into());
         assert_eq!(
             s.to_rule().unwrap().matcher,
-            Match::Proto { protocol: 6, families: vec![Family::Ipv6], selector: Some(22) }
+            Match::Proto {
+                protocol: 6,
+                families: vec![Family::Ipv6],
+                selector: Some(22)
+            }
         );
     }
 
@@ -388,15 +479,27 @@ mod tests {
         let err = spec(None, Some("10.0.0.300/8")).to_rule().unwrap_err();
         assert_eq!(err, RuleError::BadCidr("10.0.0.300/8".into()));
         assert!(err.to_string().contains("10.0.0.300/8"));
-        assert!(matches!(spec(None, Some("10.0.0.0")).to_rule(), Err(RuleError::BadCidr(_))));
-        assert!(matches!(spec(None, Some("10.0.0.0/33")).to_rule(), Err(RuleError::BadCidr(_))));
-        assert!(matches!(spec(None, Some("2001:db8::/129")).to_rule(), Err(RuleError::BadCidr(_))));
+        assert!(matches!(
+            spec(None, Some("10.0.0.0")).to_rule(),
+            Err(RuleError::BadCidr(_))
+        ));
+        assert!(matches!(
+            spec(None, Some("10.0.0.0/33")).to_rule(),
+            Err(RuleError::BadCidr(_))
+        ));
+        assert!(matches!(
+            spec(None, Some("2001:db8::/129")).to_rule(),
+            Err(RuleError::BadCidr(_))
+        ));
     }
 
     #[test]
     fn host_bits_suggest_the_network() {
         let err = spec(None, Some("10.1.2.3/8")).to_rule().unwrap_err();
-        assert_eq!(err.to_string(), "CIDR 10.1.2.3/8 has host bits set; did you mean 10.0.0.0/8?");
+        assert_eq!(
+            err.to_string(),
+            "CIDR 10.1.2.3/8 has host bits set; did you mean 10.0.0.0/8?"
+        );
     }
 
     #[test]
@@ -405,21 +508,42 @@ mod tests {
             spec(Some("igmpx"), None).to_rule().unwrap_err(),
             RuleError::UnknownProtocol("igmpx".into())
         );
-        assert!(matches!(spec(Some("256"), None).to_rule(), Err(RuleError::UnknownProtocol(_))));
-        assert!(matches!(spec(Some("icmp"), Some("10.0.0.0/8")).to_rule(), Err(RuleError::NeedsOneMatch(_))));
-        assert!(matches!(spec(None, None).to_rule(), Err(RuleError::NeedsOneMatch(_))));
+        assert!(matches!(
+            spec(Some("256"), None).to_rule(),
+            Err(RuleError::UnknownProtocol(_))
+        ));
+        assert!(matches!(
+            spec(Some("icmp"), Some("10.0.0.0/8")).to_rule(),
+            Err(RuleError::NeedsOneMatch(_))
+        ));
+        assert!(matches!(
+            spec(None, None).to_rule(),
+            Err(RuleError::NeedsOneMatch(_))
+        ));
         let mut s = spec(Some("icmp"), None);
         s.port = Some(80);
-        assert!(matches!(s.to_rule(), Err(RuleError::OptionNotApplicable { option: "port", .. })));
+        assert!(matches!(
+            s.to_rule(),
+            Err(RuleError::OptionNotApplicable { option: "port", .. })
+        ));
         let mut s = spec(Some("tcp"), None);
         s.icmp_type = Some("8".into());
-        assert!(matches!(s.to_rule(), Err(RuleError::OptionNotApplicable { option: "icmpType", .. })));
+        assert!(matches!(
+            s.to_rule(),
+            Err(RuleError::OptionNotApplicable {
+                option: "icmpType",
+                ..
+            })
+        ));
         let mut s = spec(Some("tcp"), None);
         s.port = Some(0);
         assert_eq!(s.to_rule().unwrap_err(), RuleError::PortZero);
         let mut s = spec(Some("icmp"), None);
         s.action = Some("reject".into());
-        assert_eq!(s.to_rule().unwrap_err(), RuleError::UnknownAction("reject".into()));
+        assert_eq!(
+            s.to_rule().unwrap_err(),
+            RuleError::UnknownAction("reject".into())
+        );
         let mut s = spec(Some("icmp"), None);
         s.icmp_type = Some("echo-banana".into());
         assert!(matches!(s.to_rule(), Err(RuleError::UnknownIcmpType(_))));
@@ -431,7 +555,8 @@ mod tests {
         let rules = parse_rules(yaml, "f.yaml").unwrap();
         assert_eq!(rules.len(), 3);
         assert_eq!(rules[2].action, Action::Allow);
-        let json = r#"{"rules":[{"proto":"icmpv6","icmpType":"echo-request"},{"cidr":"2001:db8::/32"}]}"#;
+        let json =
+            r#"{"rules":[{"proto":"icmpv6","icmpType":"echo-request"},{"cidr":"2001:db8::/32"}]}"#;
         assert_eq!(parse_rules(json, "f.json").unwrap().len(), 2);
         assert!(parse_rules("", "empty").unwrap().is_empty());
     }
@@ -448,7 +573,10 @@ mod tests {
         let err = parse_rules("rules:\n  - proto: icmp\n    colour: red\n", "f.yaml").unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
         let err = parse_rules("rules:\n  - proto: icmp\n  - cidr: nope\n", "f.yaml").unwrap_err();
-        assert!(err.to_string().contains("rule 2") && err.to_string().contains("nope"), "{err}");
+        assert!(
+            err.to_string().contains("rule 2") && err.to_string().contains("nope"),
+            "{err}"
+        );
         assert!(parse_rules("rulez: []\n", "f.yaml").is_err());
     }
 }

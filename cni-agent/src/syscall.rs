@@ -59,7 +59,11 @@ pub fn xdp_link_state(link: BorrowedFd<'_>) -> std::io::Result<XdpLinkState> {
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(XdpLinkState { link_id: info.id, prog_id: info.prog_id, ifindex: info.ifindex })
+    Ok(XdpLinkState {
+        link_id: info.id,
+        prog_id: info.prog_id,
+        ifindex: info.ifindex,
+    })
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -77,10 +81,19 @@ pub fn obj_get(path: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> 
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjGetAttr { pathname: c_path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    let mut attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
     // SAFETY: attr and c_path outlive the call.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &mut attr as *mut ObjGetAttr, size_of::<ObjGetAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut ObjGetAttr,
+            size_of::<ObjGetAttr>(),
+        )
     };
     if ret < 0 {
         return Err(std::io::Error::last_os_error());

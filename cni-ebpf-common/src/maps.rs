@@ -80,7 +80,9 @@ pub struct MapSpec {
 impl MapSpec {
     /// The spec of the pinned map called `name`.
     pub fn by_name(name: &str) -> Option<&'static MapSpec> {
-        MAP_SPECS.iter().find(|spec| spec.name.as_bytes() == name.as_bytes())
+        MAP_SPECS
+            .iter()
+            .find(|spec| spec.name.as_bytes() == name.as_bytes())
     }
 }
 

@@ -25,7 +25,10 @@ where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let data = MapData::from_pin(path).with_context(|| {
-        format!("opening pinned map {} (is sluice-agent started, and --bpffs-dir right?)", path.display())
+        format!(
+            "opening pinned map {} (is sluice-agent started, and --bpffs-dir right?)",
+            path.display()
+        )
     })?;
     let map = Map::from_map_data(data).with_context(|| format!("reading {}", path.display()))?;
     T::try_from(map).with_context(|| format!("{} has an unexpected type or layout", path.display()))

@@ -52,7 +52,11 @@ impl Origin {
     }
 
     fn from_code(code: u8) -> Self {
-        if code == ORIGIN_CONFIG { Origin::Config } else { Origin::Runtime }
+        if code == ORIGIN_CONFIG {
+            Origin::Config
+        } else {
+            Origin::Runtime
+        }
     }
 }
 
@@ -82,13 +86,27 @@ enum Entry {
 
 fn entries(rule: &Rule) -> Vec<Entry> {
     match &rule.matcher {
-        Match::Cidr(IpNet::V4(net)) => vec![Entry::Cidr4(net.prefix_len().into(), net.network().octets())],
-        Match::Cidr(IpNet::V6(net)) => vec![Entry::Cidr6(net.prefix_len().into(), net.network().octets())],
-        Match::Proto { protocol, families, selector } => families
+        Match::Cidr(IpNet::V4(net)) => vec![Entry::Cidr4(
+            net.prefix_len().into(),
+            net.network().octets(),
+        )],
+        Match::Cidr(IpNet::V6(net)) => vec![Entry::Cidr6(
+            net.prefix_len().into(),
+            net.network().octets(),
+        )],
+        Match::Proto {
+            protocol,
+            families,
+            selector,
+        } => families
             .iter()
             .map(|family| {
                 Entry::Proto(ProtoKey {
-                    family: if *family == Family::Ipv4 { FAMILY_IPV4 } else { FAMILY_IPV6 },
+                    family: if *family == Family::Ipv4 {
+                        FAMILY_IPV4
+                    } else {
+                        FAMILY_IPV6
+                    },
                     protocol: *protocol,
                     has_selector: u8::from(selector.is_some()),
                     _pad: 0,
@@ -108,7 +126,11 @@ fn action_code(action: Action) -> u8 {
 }
 
 fn action_from_code(code: u8) -> Action {
-    if code == ACTION_ALLOW { Action::Allow } else { Action::Drop }
+    if code == ACTION_ALLOW {
+        Action::Allow
+    } else {
+        Action::Drop
+    }
 }
 
 /// Result of [`PrefilterMaps::sync_config`].
@@ -154,7 +176,10 @@ impl PrefilterMaps {
         let mut push = |value: RuleValue, entry: Entry| {
             groups
                 .entry(value.rule_id)
-                .or_insert_with(|| Grouped { value, entries: Vec::new() })
+                .or_insert_with(|| Grouped {
+                    value,
+                    entries: Vec::new(),
+                })
                 .entries
                 .push(entry);
         };
@@ -187,9 +212,16 @@ impl PrefilterMaps {
                 let mut first: Option<ProtoKey> = None;
                 for entry in protos {
                     let Entry::Proto(key) = entry else {
-                        bail!("rule {} mixes CIDR and protocol entries", group.value.rule_id);
+                        bail!(
+                            "rule {} mixes CIDR and protocol entries",
+                            group.value.rule_id
+                        );
                     };
-                    families.push(if key.family == FAMILY_IPV4 { Family::Ipv4 } else { Family::Ipv6 });
+                    families.push(if key.family == FAMILY_IPV4 {
+                        Family::Ipv4
+                    } else {
+                        Family::Ipv6
+                    });
                     first.get_or_insert(*key);
                 }
                 let key = first.context("rule without entries")?;
@@ -226,7 +258,10 @@ impl PrefilterMaps {
 
     /// The installed rule with this match, if any.
     pub fn find(&self, matcher: &Match) -> anyhow::Result<Option<InstalledRule>> {
-        Ok(self.list()?.into_iter().find(|r| &r.rule.matcher == matcher))
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|r| &r.rule.matcher == matcher))
     }
 
     fn lookup(&self, entry: &Entry) -> Option<RuleValue> {
@@ -268,7 +303,9 @@ impl PrefilterMaps {
     }
 
     fn zero_counter(&mut self, id: u32) -> anyhow::Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
         let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
         self.counters.set(id, zeros, 0)?;
         Ok(())
@@ -288,14 +325,22 @@ impl PrefilterMaps {
                     .transpose()?
                     .map(|r| r.to_string())
                     .unwrap_or_default();
-                bail!("duplicate rule: {rule} overlaps rule {} ({other})", existing.rule_id);
+                bail!(
+                    "duplicate rule: {rule} overlaps rule {} ({other})",
+                    existing.rule_id
+                );
             }
         }
         let id = (1..PREFILTER_RULES_MAX)
             .find(|id| !groups.contains_key(id))
             .context("prefilter rule table is full")?;
         self.zero_counter(id)?;
-        let value = RuleValue { rule_id: id, action: action_code(rule.action), origin: origin.code(), _pad: [0; 2] };
+        let value = RuleValue {
+            rule_id: id,
+            action: action_code(rule.action),
+            origin: origin.code(),
+            _pad: [0; 2],
+        };
         for (i, entry) in new_entries.iter().enumerate() {
             if let Err(err) = self.insert(entry, value) {
                 for done in &new_entries[..i] {
@@ -304,7 +349,13 @@ impl PrefilterMaps {
                 return Err(err.context(format!("installing {rule}")));
             }
         }
-        Ok(InstalledRule { id, rule: rule.clone(), origin, packets: 0, bytes: 0 })
+        Ok(InstalledRule {
+            id,
+            rule: rule.clone(),
+            origin,
+            packets: 0,
+            bytes: 0,
+        })
     }
 
     /// Removes the rule with this id and returns it as it was.
@@ -320,7 +371,12 @@ impl PrefilterMaps {
         Ok(rule)
     }
 
-    fn set_action(&mut self, installed: &InstalledRule, action: Action, origin: Origin) -> anyhow::Result<()> {
+    fn set_action(
+        &mut self,
+        installed: &InstalledRule,
+        action: Action,
+        origin: Origin,
+    ) -> anyhow::Result<()> {
         let value = RuleValue {
             rule_id: installed.id,
             action: action_code(action),
@@ -342,13 +398,18 @@ impl PrefilterMaps {
         let mut report = SyncReport::default();
         let installed = self.list()?;
         for installed_rule in installed.iter().filter(|r| r.origin == Origin::Config) {
-            if !rules.iter().any(|r| r.matcher == installed_rule.rule.matcher) {
+            if !rules
+                .iter()
+                .any(|r| r.matcher == installed_rule.rule.matcher)
+            {
                 report.removed.push(self.delete(installed_rule.id)?);
             }
         }
         for rule in rules {
             match installed.iter().find(|r| r.rule.matcher == rule.matcher) {
-                Some(existing) if existing.rule.action == rule.action && existing.origin == Origin::Config => {
+                Some(existing)
+                    if existing.rule.action == rule.action && existing.origin == Origin::Config =>
+                {
                     report.unchanged += 1;
                 }
                 Some(existing) => {
