@@ -30,14 +30,14 @@ mod bpf {
     /// ADD): sees every packet the pod sends.
     #[classifier]
     pub fn from_pod(ctx: TcContext) -> i32 {
-        pod::try_from_pod(&ctx).unwrap_or(TC_ACT_OK as i32)
+        pod::try_from_pod(&ctx).unwrap_or(TC_ACT_OK)
     }
 
     /// TCX egress on the host side of a pod veth (attached by the plugin on
     /// ADD): sees every packet delivered to the pod.
     #[classifier]
     pub fn to_pod(ctx: TcContext) -> i32 {
-        pod::try_to_pod(&ctx).unwrap_or(TC_ACT_OK as i32)
+        pod::try_to_pod(&ctx).unwrap_or(TC_ACT_OK)
     }
 
     #[panic_handler]

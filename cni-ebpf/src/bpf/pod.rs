@@ -47,5 +47,5 @@ fn observe(ctx: &TcContext, direction: &Direction) -> Result<i32, ()> {
         Parsed::Malformed => direction.malformed,
     };
     count_reason(reason, bytes);
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }

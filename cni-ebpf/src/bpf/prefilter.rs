@@ -80,12 +80,12 @@ fn proto_rule(packet: &IpPacket) -> Option<RuleValue> {
         key.has_selector = 1;
         key.selector = packet.l4.selector;
         // SAFETY: a hash map value pointer is only read, right away.
-        if let Some(rule) = unsafe { PREFILTER_PROTO.get(&key) } {
+        if let Some(rule) = unsafe { PREFILTER_PROTO.get(key) } {
             return Some(*rule);
         }
         key.has_selector = 0;
         key.selector = 0;
     }
     // SAFETY: as above.
-    unsafe { PREFILTER_PROTO.get(&key) }.copied()
+    unsafe { PREFILTER_PROTO.get(key) }.copied()
 }
