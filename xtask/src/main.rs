@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Sluice developer tasks")]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Sluice developer tasks"
+)]
 struct Cli {
     /// Also print the cheap probe commands `setup` runs (dpkg-query, rustup, ...).
     #[arg(short, long, global = true)]
