@@ -3,7 +3,7 @@
 
 use core::mem::{align_of, offset_of, size_of};
 
-use crate::{Counter, ProtoKey, RuleValue};
+use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue};
 
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(align_of::<Counter>() == 8);
@@ -17,6 +17,12 @@ const _: () = assert!(size_of::<ProtoKey>() == 8);
 const _: () = assert!(offset_of!(ProtoKey, protocol) == 1);
 const _: () = assert!(offset_of!(ProtoKey, has_selector) == 2);
 const _: () = assert!(offset_of!(ProtoKey, selector) == 4);
+
+const _: () = assert!(size_of::<EndpointKey>() == 20);
+const _: () = assert!(offset_of!(EndpointKey, addr) == 4);
+const _: () = assert!(size_of::<EndpointInfo>() == 24);
+const _: () = assert!(offset_of!(EndpointInfo, mac) == 8);
+const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 16);
 
 #[cfg(test)]
 mod tests {

@@ -10,11 +10,13 @@
 #![no_std]
 
 pub mod counter;
+pub mod endpoint;
 pub mod layout;
 pub mod maps;
 pub mod prefilter;
 pub mod reason;
 
 pub use counter::Counter;
+pub use endpoint::{EndpointInfo, EndpointKey};
 pub use prefilter::{ProtoKey, RuleValue};
 pub use reason::Reason;

@@ -6,7 +6,7 @@
 use core::mem::size_of;
 
 use crate::prefilter::{CIDR4_KEY_SIZE, CIDR6_KEY_SIZE};
-use crate::{Counter, ProtoKey, RuleValue};
+use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue};
 
 /// Default root of everything Sluice pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/sluice";
@@ -41,6 +41,18 @@ pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
 pub const AYA_LOGS: &str = "AYA_LOGS";
 /// Size of [`AYA_LOGS`] in bytes, as aya-log-ebpf 0.2 defines it.
 pub const AYA_LOGS_BYTES: u32 = 1 << 17;
+
+/// Pod endpoints by address.
+pub const ENDPOINTS: &str = "ENDPOINTS";
+/// Most endpoint addresses on a node (pods x addresses per pod).
+pub const ENDPOINTS_MAX: u32 = 65_536;
+
+/// Link pin of `from_pod` on a host-side veth: `links/tcx-<ifname>-ingress`.
+pub const TCX_INGRESS_SUFFIX: &str = "-ingress";
+/// Link pin of `to_pod` on a host-side veth: `links/tcx-<ifname>-egress`.
+pub const TCX_EGRESS_SUFFIX: &str = "-egress";
+/// File name prefix of TCX link pins in `links/`.
+pub const TCX_LINK_PREFIX: &str = "tcx-";
 
 /// Most protocol rules.
 pub const PREFILTER_PROTO_MAX: u32 = 256;
@@ -87,7 +99,7 @@ impl MapSpec {
 }
 
 /// Every pinned map of the datapath and its expected shape.
-pub const MAP_SPECS: [MapSpec; 6] = [
+pub const MAP_SPECS: [MapSpec; 7] = [
     MapSpec {
         name: PREFILTER_PROTO,
         map_type: BPF_MAP_TYPE_HASH,
@@ -122,6 +134,13 @@ pub const MAP_SPECS: [MapSpec; 6] = [
         key_size: 4,
         value_size: size_of::<Counter>() as u32,
         max_entries: REASONS_MAX,
+    },
+    MapSpec {
+        name: ENDPOINTS,
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: size_of::<EndpointKey>() as u32,
+        value_size: size_of::<EndpointInfo>() as u32,
+        max_entries: ENDPOINTS_MAX,
     },
     MapSpec {
         name: AYA_LOGS,

@@ -40,8 +40,12 @@ impl Reason {
     /// `to_pod` saw malformed headers; passed for now.
     pub const TO_POD_MALFORMED: Reason = Reason(37);
 
+    /// `from_pod` saw an IP packet whose source is no endpoint's address
+    /// (spoofed, or the endpoint entry is missing); passed for now.
+    pub const FROM_POD_UNKNOWN_SOURCE: Reason = Reason(38);
+
     /// Every code in use, with its stable name, for the CLI and metrics.
-    pub const ALL: [(Reason, &'static str); 13] = [
+    pub const ALL: [(Reason, &'static str); 14] = [
         (Self::PREFILTER_PASS_NO_MATCH, "prefilter-pass-no-match"),
         (Self::PREFILTER_PASS_NOT_IP, "prefilter-pass-not-ip"),
         (Self::PREFILTER_PASS_CIDR_ALLOW, "prefilter-pass-cidr-allow"),
@@ -58,6 +62,7 @@ impl Reason {
         (Self::TO_POD_PASS_NOT_IP, "to-pod-pass-not-ip"),
         (Self::FROM_POD_MALFORMED, "from-pod-malformed"),
         (Self::TO_POD_MALFORMED, "to-pod-malformed"),
+        (Self::FROM_POD_UNKNOWN_SOURCE, "from-pod-unknown-source"),
     ];
 
     /// The stable name of a code, `None` for codes not (or no longer) in use.

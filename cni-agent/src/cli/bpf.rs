@@ -54,9 +54,9 @@ fn count_keys(layout: &PinLayout, name: &str) -> anyhow::Result<Option<u64>> {
     use crate::maps::open_pinned;
     use aya::maps::{lpm_trie::LpmTrie, HashMap};
     use cni_ebpf_common::{
-        maps::{PREFILTER_CIDR4, PREFILTER_CIDR6, PREFILTER_PROTO},
+        maps::{ENDPOINTS, PREFILTER_CIDR4, PREFILTER_CIDR6, PREFILTER_PROTO},
         prefilter::{Cidr4Addr, Cidr6Addr},
-        ProtoKey, RuleValue,
+        EndpointInfo, EndpointKey, ProtoKey, RuleValue,
     };
     let count = match name {
         PREFILTER_PROTO => {
@@ -69,6 +69,10 @@ fn count_keys(layout: &PinLayout, name: &str) -> anyhow::Result<Option<u64>> {
         }
         PREFILTER_CIDR6 => {
             let m: LpmTrie<MapData, Cidr6Addr, RuleValue> = open_pinned(layout, name)?;
+            m.keys().count()
+        }
+        ENDPOINTS => {
+            let m: HashMap<MapData, EndpointKey, EndpointInfo> = open_pinned(layout, name)?;
             m.keys().count()
         }
         _ => return Ok(None),

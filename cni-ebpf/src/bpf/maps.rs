@@ -8,9 +8,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use cni_ebpf_common::{
-    maps::{PREFILTER_CIDR_MAX, PREFILTER_PROTO_MAX, PREFILTER_RULES_MAX, REASONS_MAX},
+    maps::{
+        ENDPOINTS_MAX, PREFILTER_CIDR_MAX, PREFILTER_PROTO_MAX, PREFILTER_RULES_MAX, REASONS_MAX,
+    },
     prefilter::{Cidr4Addr, Cidr6Addr},
-    Counter, ProtoKey, RuleValue,
+    Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue,
 };
 
 /// Protocol rules of the prefilter.
@@ -36,3 +38,8 @@ pub static PREFILTER_RULE_COUNTERS: PerCpuArray<Counter, { PREFILTER_RULES_MAX a
 /// Packets and bytes per verdict reason, indexed by `Reason`.
 #[btf_map]
 pub static REASON_COUNTERS: PerCpuArray<Counter, { REASONS_MAX as usize }> = PerCpuArray::new();
+
+/// Local pod endpoints by address; written by the plugin.
+#[btf_map]
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo, { ENDPOINTS_MAX as usize }> =
+    HashMap::new();

@@ -1,0 +1,69 @@
+//! The endpoint map: one entry per pod address, written by the plugin on
+//! ADD and removed on DEL. The datapath finds a local pod's veth and state
+//! by address.
+
+use crate::prefilter::{FAMILY_IPV4, FAMILY_IPV6};
+
+/// Endpoint flag: the agent has programmed this endpoint's policy. Until it
+/// is set, policy enforcement (when enabled) treats the endpoint as
+/// fail-closed.
+pub const ENDPOINT_F_POLICY_READY: u32 = 1 << 0;
+
+/// Key of `ENDPOINTS`: a pod address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+    /// Address in network byte order; IPv4 uses the first 4 bytes, the rest
+    /// stay zero.
+    pub addr: [u8; 16],
+}
+
+impl EndpointKey {
+    /// Key of an IPv4 address (octets as written).
+    pub fn v4(octets: [u8; 4]) -> Self {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&octets);
+        Self {
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+            addr,
+        }
+    }
+
+    /// Key of an IPv6 address.
+    pub fn v6(octets: [u8; 16]) -> Self {
+        Self {
+            family: FAMILY_IPV6,
+            _pad: [0; 3],
+            addr: octets,
+        }
+    }
+}
+
+/// Value of `ENDPOINTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Host-side veth ifindex, in the node's namespace (host byte order).
+    pub ifindex: u32,
+    /// `ENDPOINT_F_*` bits (host byte order).
+    pub flags: u32,
+    /// The pod interface's MAC.
+    pub mac: [u8; 6],
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+    /// Stable endpoint id (a hash of container id and ifname), the key the
+    /// agent's policy maps use (host byte order).
+    pub endpoint_id: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (both): repr(C), integers and byte arrays, explicit padding.
+    unsafe impl aya::Pod for super::EndpointKey {}
+    unsafe impl aya::Pod for super::EndpointInfo {}
+}
