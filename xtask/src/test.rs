@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use crate::setup;
 use crate::util::{self, Ctx};
+use crate::{leaks, setup};
 
 struct Stage {
     name: &'static str,
@@ -57,13 +57,24 @@ impl Totals {
 
 pub fn run(ctx: &Ctx, filter: Option<&str>) -> anyhow::Result<()> {
     setup::run(ctx)?;
+    let bpffs_was_mounted = leaks::is_bpffs("/sys/fs/bpf");
     let mut stages = Vec::new();
     let mut totals = Totals::default();
-    let result = run_stages(ctx, filter, &mut stages, &mut totals);
+    let mut result = run_stages(ctx, filter, &mut stages, &mut totals);
+    if result.is_ok() {
+        result = stage(&mut stages, "leaks", || {
+            let found = leaks::find();
+            for leak in &found {
+                println!("[test] left behind: {leak}");
+            }
+            Ok(found.is_empty())
+        });
+    }
+    leaks::restore_bpffs(bpffs_was_mounted);
     println!();
     for stage in &stages {
         println!(
-            "[test] {:<8} {:<6} {}",
+            "[test] {:<10} {:<6} {}",
             stage.name,
             if stage.ok { "ok" } else { "FAILED" },
             util::fmt_duration(stage.took)
@@ -124,14 +135,41 @@ fn run_stages(
         ]);
         Ok(util::status(&mut cmd)?.success())
     })?;
+    stage(stages, "clippy-bpf", || {
+        // The eBPF crate compiles as a stub on the host; lint the real code
+        // for its own target, with the toolchain that builds it.
+        let toolchain = std::env::var("SLUICE_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
+        let mut cmd = Command::new("rustup");
+        cmd.current_dir(&ctx.root).args([
+            "run",
+            &toolchain,
+            "cargo",
+            "clippy",
+            "-p",
+            "cni-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        Ok(util::status(&mut cmd)?.success())
+    })?;
     stage(stages, "unit", || {
         let mut cmd = cargo(ctx);
         // --no-fail-fast: finish every test binary so the totals are complete.
+        // Unit tests only (library and binary targets): integration test
+        // targets may be privileged and run serially in the e2e stage.
         cmd.args([
             "test",
             "--workspace",
             "--exclude",
             "tests",
+            "--lib",
+            "--bins",
             "--no-fail-fast",
         ]);
         if let Some(filter) = filter {
@@ -150,10 +188,13 @@ fn run_stages(
     })?;
     stage(stages, "e2e", || {
         let mut cmd = cargo(ctx);
+        // Every integration test target of the workspace (the `tests`
+        // crate and e.g. cni-plugin/tests): they use the real kernel.
         cmd.env("SLUICE_BIN_DIR", ctx.bin_dir(false)).args([
             "test",
-            "-p",
-            "tests",
+            "--workspace",
+            "--test",
+            "*",
             "--no-fail-fast",
             "--",
             // Privileged tests share global kernel state (the bpffs mount,
