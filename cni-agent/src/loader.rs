@@ -167,7 +167,8 @@ fn pin_program(
             Ok(ProgPin::Adopted)
         }
         Some(_) => {
-            let tmp = layout.progs_dir().join(format!(".{name}.new"));
+            // bpffs refuses names with a dot (EPERM), so no ".tmp"-style name.
+            let tmp = layout.progs_dir().join(format!("{name}_replacing"));
             let _ = std::fs::remove_file(&tmp);
             pin(&tmp).with_context(|| format!("pinning {}", tmp.display()))?;
             std::fs::rename(&tmp, &path)

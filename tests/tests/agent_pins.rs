@@ -1,0 +1,311 @@
+//! The agent's pin lifecycle against the real kernel: adoption of unchanged
+//! maps and programs, replacement (never reuse) of a map whose layout
+//! changed, atomic replacement of changed programs, in-place update of an
+//! uplink's XDP link, reattachment after the device is gone, detachment of
+//! uplinks no longer configured.
+
+use aya::programs::{Xdp, XdpMode};
+use clap::Parser as _;
+use cni_agent::{
+    attach::{link_is_live, sync_uplinks, UplinkAttach},
+    bpffs::ensure_bpffs,
+    loader::{self, MapPinCheck, ProgPin},
+    maps::prefilter::{Origin, PrefilterMaps},
+    rules::RuleSpec,
+    syscall::pinned_xdp_link_state,
+};
+use cni_ebpf_common::maps::{MAP_SPECS, PREFILTER_PROTO, PROG_FROM_POD, PROG_XDP_PREFILTER};
+use tests::{require_root, BpffsDir, Netns};
+
+fn cidr_rule(cidr: &str) -> cni_agent::rules::Rule {
+    RuleSpec {
+        cidr: Some(cidr.into()),
+        ..Default::default()
+    }
+    .to_rule()
+    .expect("valid rule")
+}
+
+fn sluicectl(dir: &BpffsDir, args: &[&str]) -> String {
+    let mut argv = vec![
+        "sluicectl",
+        "--bpffs-dir",
+        dir.path().to_str().expect("utf-8 path"),
+    ];
+    argv.extend_from_slice(args);
+    cni_agent::cli::run(&cni_agent::cli::Cli::parse_from(argv)).expect("sluicectl verb")
+}
+
+/// Creates a BPF hash map with 4-byte keys and values (an "old layout") and
+/// pins it at `path`, with raw syscalls: aya has no API to make a map that
+/// is not in an object.
+fn pin_wrong_shaped_map(path: &std::path::Path) {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let mut attr = [0u8; 128];
+    let create = MapCreate {
+        map_type: 1,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 8,
+        map_flags: 0,
+    };
+    // SAFETY: MapCreate is plain integers and fits in attr.
+    unsafe { std::ptr::write_unaligned(attr.as_mut_ptr().cast::<MapCreate>(), create) };
+    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attr of the size we pass.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    let mut pin = ObjPin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: BPF_OBJ_PIN (6); c_path outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            6,
+            &mut pin as *mut ObjPin,
+            size_of::<ObjPin>(),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: we own fd; the pin keeps the map alive.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn reload_adopts_maps_programs_and_rules() {
+    require_root("reload_adopts_maps_programs_and_rules");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+
+    let first = loader::load(&layout, 0).expect("first load");
+    assert!(
+        first
+            .maps
+            .iter()
+            .all(|(_, check)| *check == MapPinCheck::Created),
+        "{:?}",
+        first.maps
+    );
+    assert!(
+        first.progs.iter().all(|(_, pin)| *pin == ProgPin::Pinned),
+        "{:?}",
+        first.progs
+    );
+    let rule = PrefilterMaps::open(&layout)
+        .unwrap()
+        .add(&cidr_rule("192.0.2.0/24"), Origin::Runtime)
+        .unwrap();
+    drop(first);
+
+    let second = loader::load(&layout, 0).expect("second load");
+    assert!(
+        second
+            .maps
+            .iter()
+            .all(|(_, check)| *check == MapPinCheck::Reused),
+        "{:?}",
+        second.maps
+    );
+    assert!(
+        second.progs.iter().all(|(_, pin)| *pin == ProgPin::Adopted),
+        "{:?}",
+        second.progs
+    );
+    let rules = PrefilterMaps::open(&layout).unwrap().list().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].id, rule.id);
+    assert_eq!(rules[0].rule, rule.rule);
+}
+
+#[test]
+fn changed_map_layout_is_replaced_not_reused() {
+    require_root("changed_map_layout_is_replaced_not_reused");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("first load"));
+    let kept = PrefilterMaps::open(&layout)
+        .unwrap()
+        .add(&cidr_rule("198.51.100.0/24"), Origin::Runtime)
+        .unwrap();
+
+    // An older agent left PREFILTER_PROTO with another layout.
+    let proto_pin = layout.map(PREFILTER_PROTO);
+    std::fs::remove_file(&proto_pin).unwrap();
+    pin_wrong_shaped_map(&proto_pin);
+    let table = sluicectl(&dir, &["bpf", "maps"]);
+    let proto_line = table
+        .lines()
+        .find(|l| l.starts_with(PREFILTER_PROTO))
+        .expect("row");
+    assert!(proto_line.ends_with("MISMATCH"), "{table}");
+
+    let loaded = loader::load(&layout, 0).expect("load over an old layout");
+    for (name, check) in &loaded.maps {
+        if *name == PREFILTER_PROTO {
+            let MapPinCheck::Replaced { found } = check else {
+                panic!("{name}: {check:?}")
+            };
+            assert!(found.contains("key 4 value 4"), "{found}");
+        } else {
+            assert_eq!(*check, MapPinCheck::Reused, "{name}");
+        }
+    }
+    let info = aya::maps::MapInfo::from_pin(&proto_pin).unwrap();
+    let spec = MAP_SPECS
+        .iter()
+        .find(|s| s.name == PREFILTER_PROTO)
+        .unwrap();
+    assert!(loader::shape_matches(&info, spec));
+    assert!(!sluicectl(&dir, &["bpf", "maps"]).contains("MISMATCH"));
+    // The other maps, and the rules in them, were reused.
+    let rules = PrefilterMaps::open(&layout).unwrap().list().unwrap();
+    assert_eq!(
+        rules.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![kept.id]
+    );
+}
+
+/// Pins a second copy of the prefilter (same code, new program id) over the
+/// program pin, as an upgrade that changed nothing in this program would.
+fn pin_fresh_prefilter_copy(layout: &cni_agent::bpffs::PinLayout) {
+    let mut loader = aya::EbpfLoader::new();
+    let paths: Vec<_> = MAP_SPECS
+        .iter()
+        .map(|s| (s.name, layout.map(s.name)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(cni_agent::EBPF_OBJECT).unwrap();
+    let xdp: &mut Xdp = ebpf
+        .program_mut(PROG_XDP_PREFILTER)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    xdp.load().unwrap();
+    let tmp = layout.progs_dir().join("prefilter_copy");
+    xdp.pin(&tmp).unwrap();
+    std::fs::rename(&tmp, layout.prog(PROG_XDP_PREFILTER)).unwrap();
+}
+
+#[test]
+fn uplink_links_are_adopted_updated_reattached_and_detached() {
+    require_root("uplink_links_are_adopted_updated_reattached_and_detached");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("load"));
+    let uplinks = vec!["up0".to_owned()];
+    let pin = layout.xdp_link("up0");
+
+    let ns = Netns::new().expect("netns");
+    let peer = Netns::new().expect("peer netns");
+    tests::link::add_veth(&ns, "up0", &peer, "peer0").expect("veth");
+    let link_id = ns
+        .run(|| {
+            let first = sync_uplinks(&layout, &uplinks, XdpMode::Skb)?;
+            assert_eq!(first, vec![("up0".to_owned(), UplinkAttach::Attached)]);
+            let state = pinned_xdp_link_state(&pin)?;
+            let again = sync_uplinks(&layout, &uplinks, XdpMode::Skb)?;
+            assert_eq!(again, vec![("up0".to_owned(), UplinkAttach::Adopted)]);
+            Ok(state.link_id)
+        })
+        .unwrap();
+
+    // New program behind the pin: the same link now runs it (no detach).
+    pin_fresh_prefilter_copy(&layout);
+    let new_prog = aya::programs::ProgramInfo::from_pin(layout.prog(PROG_XDP_PREFILTER))
+        .unwrap()
+        .id();
+    ns.run(|| {
+        let updated = sync_uplinks(&layout, &uplinks, XdpMode::Skb)?;
+        assert_eq!(updated, vec![("up0".to_owned(), UplinkAttach::Updated)]);
+        let state = pinned_xdp_link_state(&pin)?;
+        assert_eq!(
+            state.link_id, link_id,
+            "the link was replaced instead of updated"
+        );
+        assert_eq!(state.prog_id, new_prog);
+        Ok(())
+    })
+    .unwrap();
+
+    // The device is deleted: the link is defunct, and a new device of the
+    // same name gets a fresh link.
+    ns.netlink(|handle| async move {
+        let index = {
+            use futures::TryStreamExt as _;
+            let mut links = handle.link().get().match_name("up0".to_owned()).execute();
+            links.try_next().await?.expect("up0 exists").header.index
+        };
+        handle.link().del(index).execute().await?;
+        Ok(())
+    })
+    .unwrap();
+    assert!(!link_is_live(&pin).unwrap(), "the link outlived its device");
+    tests::link::add_veth(&ns, "up0", &peer, "peer0").expect("veth again");
+    ns.run(|| {
+        let result = sync_uplinks(&layout, &uplinks, XdpMode::Skb)?;
+        assert_eq!(result, vec![("up0".to_owned(), UplinkAttach::Reattached)]);
+        assert!(link_is_live(&pin)?);
+        // Not an uplink any more: detached and unpinned.
+        assert!(sync_uplinks(&layout, &[], XdpMode::Skb)?.is_empty());
+        assert!(!pin.exists());
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_changed_program_is_replaced_atomically() {
+    require_root("a_changed_program_is_replaced_atomically");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("load"));
+    // Simulate an older build: another program's code under the prefilter's
+    // pin (a pin cannot be copied; re-pin the from_pod program there).
+    let mut from_pod =
+        aya::programs::SchedClassifier::from_pin(layout.prog(PROG_FROM_POD)).unwrap();
+    std::fs::remove_file(layout.prog(PROG_XDP_PREFILTER)).unwrap();
+    from_pod.pin(layout.prog(PROG_XDP_PREFILTER)).unwrap();
+    let old_tag = aya::programs::ProgramInfo::from_pin(layout.prog(PROG_XDP_PREFILTER))
+        .unwrap()
+        .tag();
+
+    let loaded = loader::load(&layout, 0).expect("load");
+    let pins: std::collections::HashMap<_, _> = loaded.progs.iter().copied().collect();
+    assert_eq!(pins[PROG_XDP_PREFILTER], ProgPin::Replaced);
+    assert_eq!(pins[PROG_FROM_POD], ProgPin::Adopted);
+    let info = aya::programs::ProgramInfo::from_pin(layout.prog(PROG_XDP_PREFILTER)).unwrap();
+    assert_ne!(info.tag(), old_tag);
+    assert_eq!(format!("{:?}", info.program_type()), "BPF_PROG_TYPE_XDP");
+    // No temporary pin is left behind.
+    let names: Vec<_> = std::fs::read_dir(layout.progs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
