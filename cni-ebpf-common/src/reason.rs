@@ -24,6 +24,11 @@ impl Reason {
     /// Truncated or malformed headers (short Ethernet, IHL < 5, IP header
     /// past the end of the frame). The stack would discard them anyway.
     pub const PREFILTER_DROP_MALFORMED: Reason = Reason(12);
+    /// An IPv6 extension header chain longer than the datapath walks
+    /// (`MAX_IPV6_EXT_HEADERS`). Dropped: passing it would let a packet hide
+    /// its L4 header from port and ICMP-type rules (Cilium drops these too,
+    /// DROP_INVALID_EXTHDR).
+    pub const PREFILTER_DROP_IPV6_EXT_CHAIN: Reason = Reason(13);
 
     // 32..=63: the tc programs on pod veths.
     /// `from_pod` saw a packet and passed it.
@@ -34,8 +39,9 @@ impl Reason {
     pub const FROM_POD_PASS_NOT_IP: Reason = Reason(34);
     /// `to_pod` saw a non-IP frame and passed it.
     pub const TO_POD_PASS_NOT_IP: Reason = Reason(35);
-    /// `from_pod` saw malformed headers; passed for now (no policy yet), the
-    /// stack discards what it cannot parse.
+    /// `from_pod` saw malformed headers, or an IPv6 extension chain longer
+    /// than the parser walks; passed for now (no policy yet), the stack
+    /// discards what it cannot parse.
     pub const FROM_POD_MALFORMED: Reason = Reason(36);
     /// `to_pod` saw malformed headers; passed for now.
     pub const TO_POD_MALFORMED: Reason = Reason(37);
@@ -45,7 +51,7 @@ impl Reason {
     pub const FROM_POD_UNKNOWN_SOURCE: Reason = Reason(38);
 
     /// Every code in use, with its stable name, for the CLI and metrics.
-    pub const ALL: [(Reason, &'static str); 14] = [
+    pub const ALL: [(Reason, &'static str); 15] = [
         (Self::PREFILTER_PASS_NO_MATCH, "prefilter-pass-no-match"),
         (Self::PREFILTER_PASS_NOT_IP, "prefilter-pass-not-ip"),
         (Self::PREFILTER_PASS_CIDR_ALLOW, "prefilter-pass-cidr-allow"),
@@ -56,6 +62,10 @@ impl Reason {
         (Self::PREFILTER_DROP_PROTO, "prefilter-drop-proto"),
         (Self::PREFILTER_DROP_CIDR, "prefilter-drop-cidr"),
         (Self::PREFILTER_DROP_MALFORMED, "prefilter-drop-malformed"),
+        (
+            Self::PREFILTER_DROP_IPV6_EXT_CHAIN,
+            "prefilter-drop-ipv6-ext-chain",
+        ),
         (Self::FROM_POD_PASS, "from-pod-pass"),
         (Self::TO_POD_PASS, "to-pod-pass"),
         (Self::FROM_POD_PASS_NOT_IP, "from-pod-pass-not-ip"),

@@ -976,18 +976,13 @@ fn ipv6_extension_headers_are_walked_to_the_l4_header() {
 }
 
 #[test]
-fn ipv6_fifth_extension_header_is_not_walked() {
-    // parse.rs walks at most MAX_IPV6_EXT_HEADERS = 4: after that the next
-    // header value (here destination options, 60) stands as the protocol,
-    // with no selector, so port rules do not match and nothing is malformed.
-    //
-    // KNOWN GAP, reported, not fixed here: Linux 6.18 delivers this very
-    // chain (hop-by-hop, destination options, routing type 0 with no
-    // segments left, atomic fragment, destination options) to a TCP
-    // listener on port 22 (checked with a raw frame on lo), so a
-    // `tcp port 22` drop rule is sidestepped with five extension headers.
-    // Cilium drops such packets (DROP_INVALID_EXTHDR). When the parser
-    // changes, this test changes with it.
+fn ipv6_fifth_extension_header_is_dropped() {
+    // parse.rs walks at most MAX_IPV6_EXT_HEADERS = 4. Linux 6.18 delivers
+    // this very chain (hop-by-hop, destination options, routing type 0 with
+    // no segments left, atomic fragment, destination options) to a TCP
+    // listener on port 22 (checked with a raw frame on lo), so passing it
+    // would sidestep a `tcp port 22` rule: it is dropped with its own
+    // reason, as Cilium does (DROP_INVALID_EXTHDR).
     let dp = Datapath::new();
     dp.add(port("tcp", 22, None));
     let five = [
@@ -1004,19 +999,23 @@ fn ipv6_fifth_extension_header_is_not_walked() {
     dp.expect(
         "five extension headers",
         &frame,
-        XDP_PASS,
-        R::PREFILTER_PASS_NO_MATCH,
+        XDP_DROP,
+        R::PREFILTER_DROP_IPV6_EXT_CHAIN,
     );
-    // A protocol rule on that "protocol" shows what the parser settled on.
-    dp.add(RuleSpec {
-        family: Some("ipv6".into()),
-        ..proto("60")
-    });
+    // Four are walked: the same packet with one header less meets the rule.
+    let frame = v6(SRC6, IPPROTO_TCP).ext(&five[..4]).frame(&tcp(40000, 22));
     dp.expect(
-        "five extension headers, proto 60 rule",
+        "four extension headers",
         &frame,
         XDP_DROP,
         R::PREFILTER_DROP_PROTO,
+    );
+    let frame = v6(SRC6, IPPROTO_TCP).ext(&five[..4]).frame(&tcp(40000, 80));
+    dp.expect(
+        "four extension headers, port 80",
+        &frame,
+        XDP_PASS,
+        R::PREFILTER_PASS_NO_MATCH,
     );
 }
 

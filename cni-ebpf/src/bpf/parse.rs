@@ -65,6 +65,9 @@ pub enum Parsed {
     NotIp,
     /// Too short for its headers or with impossible header fields.
     Malformed,
+    /// IPv6 whose extension header chain goes on past
+    /// `MAX_IPV6_EXT_HEADERS`: its L4 header was not reached.
+    ExtChainTooLong,
 }
 
 /// A bounds-checked pointer to a `T` at `offset` in `[start, end)`.
@@ -202,6 +205,12 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
         }
         walked += 1;
     }
+    if is_ipv6_ext_header(next) {
+        // Still an extension header after the last one we walk: treating
+        // its number as the protocol would let the packet slip past port
+        // rules (the kernel walks on and delivers it).
+        return Parsed::ExtChainTooLong;
+    }
     let l4 = if later_fragment {
         Some(L4 {
             selector: 0,
@@ -219,6 +228,15 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
         }),
         None => Parsed::Malformed,
     }
+}
+
+/// Whether `next` names an IPv6 extension header the parser walks.
+#[inline(always)]
+fn is_ipv6_ext_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH
+    )
 }
 
 /// Reads the destination port or ICMP type. `None` when the header the

@@ -24,6 +24,7 @@ pub fn try_prefilter(ctx: &XdpContext) -> Result<u32, ()> {
             debug!(ctx, "prefilter: malformed frame of {} bytes dropped", bytes);
             (Reason::PREFILTER_DROP_MALFORMED, xdp_action::XDP_DROP)
         }
+        Parsed::ExtChainTooLong => (Reason::PREFILTER_DROP_IPV6_EXT_CHAIN, xdp_action::XDP_DROP),
         Parsed::Ip(packet) => verdict(&packet, bytes),
     };
     count_reason(reason, bytes);
