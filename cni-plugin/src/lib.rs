@@ -1,5 +1,16 @@
 //! The Sluice CNI plugin as a library: the protocol (skel), the commands,
 //! plumbing and IPAM. `sluice` and `sluice-ipam` are thin shells over it.
 
+pub mod addr;
+pub mod attach;
+pub mod bridge;
 pub mod error;
+pub mod mtu;
+pub mod netlink;
+pub mod netns;
+pub mod route;
+pub mod routed;
+pub mod state;
+pub mod sysctl;
 pub mod types;
+pub mod veth;

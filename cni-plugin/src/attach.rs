@@ -1,0 +1,394 @@
+//! Attaching the agent's pinned programs to a pod's host-side veth with TCX,
+//! and the pod's entries in the pinned `ENDPOINTS` map.
+//!
+//! The agent loads and pins `from_pod` and `to_pod` under
+//! `<bpffsDir>/progs/`; the plugin only attaches them: `from_pod` on TCX
+//! ingress of the host veth (what the pod sends), `to_pod` on TCX egress
+//! (what the pod receives). Each attachment is a bpf_link pinned at
+//! `<bpffsDir>/links/tcx-<host ifname>-ingress|-egress`, so it outlives the
+//! plugin process and the agent; unpinning it (with the veth gone or not)
+//! detaches it. When the programs were never pinned, ADD fails with code 11
+//! (try again later) before creating anything.
+//!
+//! Everything here acts on the calling thread's network namespace (aya
+//! resolves the interface name there): call it from the node's namespace.
+
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, Map, MapData, MapError},
+    programs::{
+        links::{FdLink, LinkOrder},
+        tc::TcAttachOptions,
+        ProgramError, SchedClassifier, TcAttachType,
+    },
+};
+use cni_ebpf_common::{
+    maps::{
+        ENDPOINTS, LINKS_DIR, MAPS_DIR, PROGS_DIR, PROG_FROM_POD, PROG_TO_POD, TCX_EGRESS_SUFFIX,
+        TCX_INGRESS_SUFFIX, TCX_LINK_PREFIX,
+    },
+    EndpointInfo, EndpointKey,
+};
+
+use crate::error::{CniError, CniResult, Code};
+
+/// `BPF_ANY`: create or update (an address reused by a new pod before the
+/// old one's DEL belongs to the new pod).
+const BPF_ANY: u64 = 0;
+
+/// The pin of a program.
+pub fn prog_pin(bpffs_dir: &Path, prog: &str) -> PathBuf {
+    bpffs_dir.join(PROGS_DIR).join(prog)
+}
+
+/// The pin of a TCX link on `host_ifname`: ingress (`from_pod`) or egress
+/// (`to_pod`).
+pub fn link_pin(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> PathBuf {
+    let suffix = if ingress {
+        TCX_INGRESS_SUFFIX
+    } else {
+        TCX_EGRESS_SUFFIX
+    };
+    bpffs_dir
+        .join(LINKS_DIR)
+        .join(format!("{TCX_LINK_PREFIX}{host_ifname}{suffix}"))
+}
+
+/// The pin of the `ENDPOINTS` map.
+pub fn endpoints_pin(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join(MAPS_DIR).join(ENDPOINTS)
+}
+
+/// Code 11 unless both programs and the endpoint map are pinned.
+pub fn check_pinned(bpffs_dir: &Path) -> CniResult<()> {
+    for p in [
+        prog_pin(bpffs_dir, PROG_FROM_POD),
+        prog_pin(bpffs_dir, PROG_TO_POD),
+        endpoints_pin(bpffs_dir),
+    ] {
+        if !p.exists() {
+            return Err(CniError::new(
+                Code::TryAgainLater,
+                "sluice-agent has not pinned its programs yet; try again later",
+            )
+            .with_details(format!("{} does not exist", p.display())));
+        }
+    }
+    Ok(())
+}
+
+fn prog_error(what: String, e: ProgramError) -> CniError {
+    CniError::kernel(format!("{what}: {e}")).with_details(format!("{e:?}"))
+}
+
+fn map_error(what: String, e: MapError) -> CniError {
+    CniError::kernel(format!("{what}: {e}")).with_details(format!("{e:?}"))
+}
+
+fn remove_pin(path: &Path) -> CniResult<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(CniError::kernel(format!(
+            "unpinning {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn attach_one(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<()> {
+    let (name, attach_type) = if ingress {
+        (PROG_FROM_POD, TcAttachType::Ingress)
+    } else {
+        (PROG_TO_POD, TcAttachType::Egress)
+    };
+    let prog_path = prog_pin(bpffs_dir, name);
+    let mut prog = match SchedClassifier::from_pin(&prog_path) {
+        Ok(p) => p,
+        Err(e) if !prog_path.exists() => {
+            return Err(CniError::new(
+                Code::TryAgainLater,
+                "sluice-agent has not pinned its programs yet; try again later",
+            )
+            .with_details(format!("{}: {e}", prog_path.display())))
+        }
+        Err(e) => {
+            return Err(prog_error(
+                format!("opening pinned program {}", prog_path.display()),
+                e,
+            ))
+        }
+    };
+    let pin = link_pin(bpffs_dir, host_ifname, ingress);
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CniError::kernel(format!("creating {}: {e}", dir.display())))?;
+    }
+    // A pin left by an earlier veth of the same name (deleted without DEL)
+    // holds a defunct link: replace it.
+    remove_pin(&pin)?;
+    let id = prog
+        .attach_with_options(
+            host_ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| {
+            prog_error(
+                format!("attaching {name} to {host_ifname} (TCX {attach_type:?})"),
+                e,
+            )
+        })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| prog_error(format!("taking the {name} link on {host_ifname}"), e))?;
+    let fd_link: FdLink = link.try_into().map_err(|e| {
+        CniError::kernel(format!(
+            "the {name} attachment on {host_ifname} is not a bpf_link: {e}"
+        ))
+    })?;
+    fd_link.pin(&pin).map_err(|e| {
+        CniError::kernel(format!("pinning the {name} link at {}: {e}", pin.display()))
+    })?;
+    Ok(())
+}
+
+/// Attaches `from_pod` (ingress) and `to_pod` (egress) to `host_ifname`
+/// and pins both links. On failure nothing stays attached.
+pub fn attach_programs(bpffs_dir: &Path, host_ifname: &str) -> CniResult<()> {
+    check_pinned(bpffs_dir)?;
+    attach_one(bpffs_dir, host_ifname, true)?;
+    if let Err(e) = attach_one(bpffs_dir, host_ifname, false) {
+        let _ = remove_pin(&link_pin(bpffs_dir, host_ifname, true));
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Unpins (and so detaches) both links of `host_ifname`; missing pins are
+/// success. Returns how many pins were removed.
+pub fn detach_programs(bpffs_dir: &Path, host_ifname: &str) -> CniResult<usize> {
+    let mut removed = 0;
+    let mut first_err = None;
+    for ingress in [true, false] {
+        match remove_pin(&link_pin(bpffs_dir, host_ifname, ingress)) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}
+
+/// The programs attached with TCX on `ifname` in the calling thread's
+/// namespace, as (ingress, egress) program names.
+pub fn query(ifname: &str) -> CniResult<(Vec<String>, Vec<String>)> {
+    let names = |t: TcAttachType| -> CniResult<Vec<String>> {
+        let (_, progs) = SchedClassifier::query_tcx(ifname, t)
+            .map_err(|e| prog_error(format!("querying TCX on {ifname}"), e))?;
+        Ok(progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("").to_owned())
+            .collect())
+    };
+    Ok((names(TcAttachType::Ingress)?, names(TcAttachType::Egress)?))
+}
+
+/// The `ENDPOINTS` key of an address.
+pub fn endpoint_key(addr: IpAddr) -> EndpointKey {
+    match addr {
+        IpAddr::V4(a) => EndpointKey::v4(a.octets()),
+        IpAddr::V6(a) => EndpointKey::v6(a.octets()),
+    }
+}
+
+fn open_endpoints(bpffs_dir: &Path) -> CniResult<HashMap<MapData, EndpointKey, EndpointInfo>> {
+    let path = endpoints_pin(bpffs_dir);
+    let data = match MapData::from_pin(&path) {
+        Ok(d) => d,
+        Err(e) if !path.exists() => {
+            return Err(CniError::new(
+                Code::TryAgainLater,
+                "sluice-agent has not pinned its maps yet; try again later",
+            )
+            .with_details(format!("{}: {e}", path.display())))
+        }
+        Err(e) => return Err(map_error(format!("opening {}", path.display()), e)),
+    };
+    let map = Map::from_map_data(data)
+        .map_err(|e| map_error(format!("reading {}", path.display()), e))?;
+    HashMap::try_from(map)
+        .map_err(|e| map_error(format!("{} has another layout", path.display()), e))
+}
+
+/// One entry per pod address, all with `info`. When a later insert fails,
+/// the entries written so far are removed again.
+pub fn write_endpoints(bpffs_dir: &Path, addrs: &[IpAddr], info: EndpointInfo) -> CniResult<()> {
+    let mut map = open_endpoints(bpffs_dir)?;
+    for (i, addr) in addrs.iter().enumerate() {
+        if let Err(e) = map.insert(endpoint_key(*addr), info, BPF_ANY) {
+            for done in &addrs[..i] {
+                let _ = map.remove(&endpoint_key(*done));
+            }
+            return Err(map_error(
+                format!("writing the ENDPOINTS entry of {addr}"),
+                e,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes every `ENDPOINTS` entry whose `endpoint_id` is `endpoint_id`
+/// (found by a scan, so DEL needs neither state nor addresses). Entries of
+/// other endpoints (an address reused meanwhile) are left alone. A missing
+/// map is success. Returns the addresses removed.
+pub fn remove_endpoints(bpffs_dir: &Path, endpoint_id: u64) -> CniResult<Vec<EndpointKey>> {
+    if !endpoints_pin(bpffs_dir).exists() {
+        return Ok(Vec::new());
+    }
+    let mut map = open_endpoints(bpffs_dir)?;
+    let mine: Vec<EndpointKey> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| v.endpoint_id == endpoint_id)
+        .map(|(k, _)| k)
+        .collect();
+    for key in &mine {
+        match map.remove(key) {
+            Ok(()) => {}
+            Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(map_error(
+                    format!("removing an ENDPOINTS entry of endpoint {endpoint_id:016x}"),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(mine)
+}
+
+/// The `ENDPOINTS` entries of `endpoint_id`.
+pub fn endpoints_of(
+    bpffs_dir: &Path,
+    endpoint_id: u64,
+) -> CniResult<Vec<(EndpointKey, EndpointInfo)>> {
+    if !endpoints_pin(bpffs_dir).exists() {
+        return Ok(Vec::new());
+    }
+    let map = open_endpoints(bpffs_dir)?;
+    Ok(map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| v.endpoint_id == endpoint_id)
+        .collect())
+}
+
+/// What [`attach_endpoint`] needs.
+#[derive(Clone, Debug)]
+pub struct EndpointAttach<'a> {
+    /// `bpffsDir` of the config.
+    pub bpffs_dir: &'a Path,
+    /// Host-side veth name.
+    pub host_ifname: &'a str,
+    /// Its ifindex in the node's namespace.
+    pub host_ifindex: u32,
+    /// The pod interface's MAC.
+    pub container_mac: [u8; 6],
+    /// [`crate::state::endpoint_id`].
+    pub endpoint_id: u64,
+    /// The pod's addresses.
+    pub addrs: &'a [IpAddr],
+}
+
+/// Attaches the programs and writes the endpoint entries; on failure
+/// neither stays.
+pub fn attach_endpoint(req: &EndpointAttach<'_>) -> CniResult<()> {
+    attach_programs(req.bpffs_dir, req.host_ifname)?;
+    let info = EndpointInfo {
+        ifindex: req.host_ifindex,
+        flags: 0,
+        mac: req.container_mac,
+        _pad: [0; 2],
+        endpoint_id: req.endpoint_id,
+    };
+    if let Err(e) = write_endpoints(req.bpffs_dir, req.addrs, info) {
+        let _ = detach_programs(req.bpffs_dir, req.host_ifname);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Removes the endpoint entries of `endpoint_id` and unpins the links of
+/// `host_ifname`, continuing past errors and returning them all.
+pub fn detach_endpoint(bpffs_dir: &Path, host_ifname: &str, endpoint_id: u64) -> Vec<CniError> {
+    let mut errors = Vec::new();
+    if let Err(e) = remove_endpoints(bpffs_dir, endpoint_id) {
+        errors.push(e);
+    }
+    if let Err(e) = detach_programs(bpffs_dir, host_ifname) {
+        errors.push(e);
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_paths_follow_the_layout() {
+        let root = Path::new("/sys/fs/bpf/sluice");
+        assert_eq!(
+            link_pin(root, "slc0123456789a", true),
+            Path::new("/sys/fs/bpf/sluice/links/tcx-slc0123456789a-ingress")
+        );
+        assert_eq!(
+            link_pin(root, "slc0123456789a", false),
+            Path::new("/sys/fs/bpf/sluice/links/tcx-slc0123456789a-egress")
+        );
+        assert_eq!(
+            prog_pin(root, PROG_FROM_POD),
+            Path::new("/sys/fs/bpf/sluice/progs/from_pod")
+        );
+        assert_eq!(
+            endpoints_pin(root),
+            Path::new("/sys/fs/bpf/sluice/maps/ENDPOINTS")
+        );
+    }
+
+    #[test]
+    fn missing_pins_are_try_again_later() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            check_pinned(dir.path()).unwrap_err().code,
+            Code::TryAgainLater
+        );
+        assert_eq!(
+            attach_programs(dir.path(), "lo").unwrap_err().code,
+            Code::TryAgainLater
+        );
+        assert!(remove_endpoints(dir.path(), 1).unwrap().is_empty());
+        assert_eq!(detach_programs(dir.path(), "lo").unwrap(), 0);
+    }
+
+    #[test]
+    fn keys_are_zero_padded() {
+        let k = endpoint_key("10.199.0.5".parse().unwrap());
+        assert_eq!(k.family, cni_ebpf_common::prefilter::FAMILY_IPV4);
+        assert_eq!(&k.addr[..4], &[10, 199, 0, 5]);
+        assert!(k.addr[4..].iter().all(|b| *b == 0));
+    }
+}
