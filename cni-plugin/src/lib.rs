@@ -2,14 +2,19 @@
 //! plumbing and IPAM. `sluice` and `sluice-ipam` are thin shells over it.
 
 pub mod addr;
+pub mod args;
 pub mod attach;
 pub mod bridge;
+pub mod cmd;
+pub mod config;
 pub mod error;
+pub mod log;
 pub mod mtu;
 pub mod netlink;
 pub mod netns;
 pub mod route;
 pub mod routed;
+pub mod skel;
 pub mod state;
 pub mod sysctl;
 pub mod types;
