@@ -53,7 +53,11 @@ pub struct CniError {
 impl CniError {
     /// An error with a code and message.
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        Self { code, msg: msg.into(), details: String::new() }
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     /// Adds details.
@@ -73,8 +77,13 @@ impl CniError {
             #[serde(skip_serializing_if = "str::is_empty")]
             details: &'a str,
         }
-        serde_json::to_value(Wire { cni_version, code: self.code as u32, msg: &self.msg, details: &self.details })
-            .unwrap_or_default()
+        serde_json::to_value(Wire {
+            cni_version,
+            code: self.code as u32,
+            msg: &self.msg,
+            details: &self.details,
+        })
+        .unwrap_or_default()
     }
 }
 

@@ -24,7 +24,10 @@ pub fn parse_version(version: &str) -> CniResult<(u32, u32, u32)> {
     let mut parts = version.split('.').map(|p| p.parse::<u32>());
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(Ok(a)), Some(Ok(b)), Some(Ok(c)), None) => Ok((a, b, c)),
-        _ => Err(CniError::new(Code::IncompatibleVersion, format!("invalid CNI version {version:?}"))),
+        _ => Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("invalid CNI version {version:?}"),
+        )),
     }
 }
 
@@ -93,7 +96,15 @@ pub struct Route {
 impl Route {
     /// A route with only destination and gateway.
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
-        Self { dst, gw, mtu: None, adv_mss: None, priority: None, table: None, scope: None }
+        Self {
+            dst,
+            gw,
+            mtu: None,
+            adv_mss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -117,7 +128,10 @@ pub struct Dns {
 impl Dns {
     /// Whether nothing is set (the key is then left out of the result).
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_none()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 }
 
@@ -165,11 +179,17 @@ impl CniOutput {
             ));
         }
         let mut out = serde_json::to_value(self).map_err(|e| CniError::io(e.to_string()))?;
-        let obj = out.as_object_mut().ok_or_else(|| CniError::io("result is not an object"))?;
+        let obj = out
+            .as_object_mut()
+            .ok_or_else(|| CniError::io("result is not an object"))?;
         obj.insert("cniVersion".into(), json!(version));
         if v < (1, 1, 0) {
             strip(obj, "interfaces", &["mtu", "socketPath", "pciID"]);
-            strip(obj, "routes", &["mtu", "advmss", "priority", "table", "scope"]);
+            strip(
+                obj,
+                "routes",
+                &["mtu", "advmss", "priority", "table", "scope"],
+            );
         }
         if v < (1, 0, 0) {
             for (ip, cfg) in obj
@@ -180,7 +200,11 @@ impl CniOutput {
                 .zip(&self.ips)
             {
                 if let Some(ip) = ip.as_object_mut() {
-                    let family = if cfg.address.addr().is_ipv4() { "4" } else { "6" };
+                    let family = if cfg.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     ip.insert("version".into(), json!(family));
                 }
             }
@@ -190,7 +214,12 @@ impl CniOutput {
 }
 
 fn strip(obj: &mut Map<String, Value>, list: &str, keys: &[&str]) {
-    for item in obj.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+    for item in obj
+        .get_mut(list)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(item) = item.as_object_mut() {
             for key in keys {
                 item.remove(*key);
@@ -217,7 +246,10 @@ mod tests {
                 gateway: Some("10.22.0.1".parse().unwrap()),
                 interface: Some(0),
             }],
-            routes: vec![Route { mtu: Some(1400), ..Route::new("0.0.0.0/0".parse().unwrap(), None) }],
+            routes: vec![Route {
+                mtu: Some(1400),
+                ..Route::new("0.0.0.0/0".parse().unwrap(), None)
+            }],
             dns: Dns::default(),
         }
     }
@@ -249,7 +281,13 @@ mod tests {
 
     #[test]
     fn unsupported_versions_are_code_1() {
-        assert_eq!(sample().to_json("0.2.0").unwrap_err().code, Code::IncompatibleVersion);
-        assert_eq!(parse_version("1.x").unwrap_err().code, Code::IncompatibleVersion);
+        assert_eq!(
+            sample().to_json("0.2.0").unwrap_err().code,
+            Code::IncompatibleVersion
+        );
+        assert_eq!(
+            parse_version("1.x").unwrap_err().code,
+            Code::IncompatibleVersion
+        );
     }
 }
