@@ -215,9 +215,12 @@ where
                 })
             })
             .map_err(|e| CniError::io(format!("spawning a namespace thread: {e}")))?;
-        worker
-            .join()
-            .map_err(|_| CniError::io("a namespace thread panicked"))?
+        // A panic on the worker is a bug: pass it on to the caller's thread
+        // (skel turns it into one error object) instead of hiding it.
+        match worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     })
 }
 
