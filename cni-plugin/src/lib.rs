@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod cmd;
 pub mod config;
 pub mod error;
+pub mod ipam;
 pub mod log;
 pub mod mtu;
 pub mod netlink;
