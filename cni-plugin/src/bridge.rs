@@ -200,8 +200,11 @@ async fn ensure_bridge_addr(nl: &Netlink, br: &Link, net: IpNet, force: bool) ->
     )
     .await?;
     // Pin the bridge MAC to its current value, so it no longer follows the
-    // lowest port MAC as ports come and go.
-    if let Some(mac) = br.mac {
+    // lowest port MAC as ports come and go. Re-read it: the port just
+    // enslaved may have changed it, and a bridge whose last port left has
+    // the all-zero MAC, which the kernel refuses to set.
+    let current = nl.require_link(&br.name).await?;
+    if let Some(mac) = current.mac.filter(|m| *m != [0; 6] && m[0] & 1 == 0) {
         let msg = LinkUnspec::new_with_index(br.index)
             .address(mac.to_vec())
             .build();
