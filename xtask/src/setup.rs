@@ -29,6 +29,18 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     // Reference CNI plugins (bridge, host-local, ...) as peers in tests.
     "containernetworking-plugins",
+    // podman with its CNI backend: a real runtime in tests.
+    "podman",
+    // OCI runtime of podman and containerd (listed so apt picks it over crun).
+    "runc",
+    // Static busybox: the root filesystem of the podman tests' containers.
+    "busybox-static",
+    // containerd with its CRI plugin, `ctr` and the runc shim: a real runtime in tests.
+    "containerd",
+    // Static catatonit: the pause image of the containerd tests' sandboxes.
+    "catatonit",
+    // `protoc`: the `k8s-cri` crate generates the tests' CRI client at build time.
+    "protobuf-compiler",
 ];
 
 /// The LLVM that `DEBIAN_PACKAGES` installs and bpf-linker is built with.
