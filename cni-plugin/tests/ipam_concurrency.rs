@@ -67,9 +67,13 @@ fn parallel_add_del_never_hands_out_an_address_twice() {
             })
         })
         .collect();
-    for h in handles {
-        h.join().expect("worker panicked");
-    }
+    // Join every worker before judging: one that panicked must not let the
+    // temporary dir go while the others still write into it.
+    let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+    assert!(
+        results.iter().all(Result::is_ok),
+        "a worker panicked (see above)"
+    );
     assert!(held.lock().unwrap().is_empty());
     let dir = data.path().join("burst");
     assert!(reserved(&dir).is_empty(), "left behind: {:?}", names(&dir));
