@@ -138,14 +138,14 @@ impl Dns {
 /// A CNI result in its 1.1.0 form.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniOutput {
-    /// Interfaces created or used.
-    #[serde(default)]
+    /// Interfaces created or used (left out when empty, as in IPAM results).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
     /// Addresses assigned.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpConfig>,
     /// Routes installed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
     /// DNS settings.
     #[serde(default, skip_serializing_if = "Dns::is_empty")]
