@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod ipam;
 pub mod log;
+pub mod masq;
 pub mod mtu;
 pub mod netlink;
 pub mod netns;
