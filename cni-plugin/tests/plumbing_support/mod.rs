@@ -3,7 +3,7 @@
 //! thread of its own, the agent's pins in a bpffs directory of the test's
 //! own, and TCP traffic between namespaces.
 //!
-//! Every namespace is `/run/netns/sluice-pt-<hex>`, every pin directory
+//! Every namespace is `/run/netns/sluice-t-plumb-<hex>`, every pin directory
 //! `/sys/fs/bpf/sluice-test-<hex>`; nothing is created in the machine's own
 //! network namespace. Addresses: 10.199.0.0/16 and fd00:199::/64 only.
 
@@ -46,7 +46,7 @@ pub fn require_root() {
     );
 }
 
-/// A network namespace bind-mounted at `/run/netns/sluice-pt-<hex>`,
+/// A network namespace bind-mounted at `/run/netns/sluice-t-plumb-<hex>`,
 /// unmounted and removed on drop (also during a panic).
 pub struct TestNetns {
     pub name: String,
@@ -57,7 +57,7 @@ impl TestNetns {
     /// Creates it: a thread unshares its network namespace and bind-mounts
     /// `/proc/thread-self/ns/net`; loopback is brought up inside.
     pub fn new() -> Self {
-        let name = format!("sluice-pt-{}", random_hex(8));
+        let name = format!("sluice-t-plumb-{}", random_hex(8));
         let path = Path::new("/run/netns").join(&name);
         std::fs::create_dir_all("/run/netns").unwrap();
         File::create(&path).unwrap();
