@@ -63,6 +63,11 @@ pub fn sync_uplinks(
     let wanted: BTreeSet<&str> = uplinks.iter().map(String::as_str).collect();
     for (ifname, path) in pinned_xdp_links(layout)? {
         if !wanted.contains(ifname.as_str()) {
+            // Detach first: unpinning alone lets the program run on until the
+            // kernel drops its last reference.
+            if let Err(err) = crate::syscall::detach_pinned_link(&path) {
+                tracing::debug!(pin = %path.display(), %err, "link already detached");
+            }
             std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
             tracing::info!(uplink = %ifname, "prefilter detached (no longer an uplink)");
         }

@@ -17,6 +17,21 @@ pub struct CleanupReport {
     pub maps: Vec<String>,
 }
 
+/// Detaches every pinned link now, then unpins it: when cleanup returns,
+/// no Sluice program runs on any interface.
+fn detach_links(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = entry?.path();
+            if let Err(err) = crate::syscall::detach_pinned_link(&path) {
+                // A link whose device is gone is already detached (defunct).
+                tracing::debug!(pin = %path.display(), %err, "detach before unpin");
+            }
+        }
+    }
+    remove_all_in(dir)
+}
+
 fn remove_all_in(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
     if !dir.exists() {
@@ -41,7 +56,7 @@ fn remove_all_in(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 /// the directories. Missing pieces are not an error: cleanup is idempotent.
 pub fn cleanup(layout: &PinLayout) -> anyhow::Result<CleanupReport> {
     let report = CleanupReport {
-        links: remove_all_in(&layout.links_dir())?,
+        links: detach_links(&layout.links_dir())?,
         progs: remove_all_in(&layout.progs_dir())?,
         maps: remove_all_in(&layout.maps_dir())?,
     };

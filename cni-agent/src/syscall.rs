@@ -107,3 +107,29 @@ pub fn pinned_xdp_link_state(path: &std::path::Path) -> std::io::Result<XdpLinkS
     let fd = obj_get(path)?;
     xdp_link_state(std::os::fd::AsFd::as_fd(&fd))
 }
+
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Detaches the link pinned at `path` now (BPF_LINK_DETACH), so the program
+/// stops running before the pin is removed. Unpinning alone detaches only
+/// once the kernel releases the last reference, a moment later.
+pub fn detach_pinned_link(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = obj_get(path)?;
+    // `union bpf_attr` for BPF_LINK_DETACH: just the link fd.
+    let mut attr = [0u32; 4];
+    attr[0] = fd.as_raw_fd() as u32;
+    // SAFETY: attr outlives the call; the kernel reads the first u32.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
