@@ -463,6 +463,16 @@ pub fn host_peer_of(netns: &Path, ifname: &str) -> CniResult<Option<String>> {
     })
 }
 
+/// The host veth a prevResult names: its first interface without a
+/// sandbox whose name has Sluice's prefix (DEL's fallback when the state
+/// record is gone).
+pub fn host_veth_in(prev: &CniOutput) -> Option<&str> {
+    prev.interfaces
+        .iter()
+        .find(|i| i.sandbox.is_none() && i.name.starts_with(HOST_PREFIX))
+        .map(|i| i.name.as_str())
+}
+
 /// Removes everything ADD built for one attachment except IPAM, masquerade
 /// rules, the state record and a bridge: endpoint entries, TCX link pins,
 /// the veth pair. Idempotent; keeps going past errors and returns all of
@@ -634,6 +644,30 @@ mod tests {
         let r = random_host_name();
         assert_eq!(r.len(), 14);
         assert!(validate_ifname(&r).is_ok());
+    }
+
+    #[test]
+    fn host_veth_from_a_prev_result() {
+        let prev = CniOutput {
+            interfaces: vec![
+                Interface {
+                    name: "cni0".into(),
+                    ..Default::default()
+                },
+                Interface {
+                    name: "slc0123456789a".into(),
+                    ..Default::default()
+                },
+                Interface {
+                    name: "eth0".into(),
+                    sandbox: Some("/run/netns/x".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(host_veth_in(&prev), Some("slc0123456789a"));
+        assert_eq!(host_veth_in(&CniOutput::default()), None);
     }
 
     #[test]
