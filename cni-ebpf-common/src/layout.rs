@@ -24,6 +24,23 @@ const _: () = assert!(size_of::<EndpointInfo>() == 24);
 const _: () = assert!(offset_of!(EndpointInfo, mac) == 8);
 const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 16);
 
+const _: () = {
+    use crate::policy::*;
+    assert!(size_of::<IpcacheEntry>() == 8);
+    assert!(size_of::<PolicyState>() == 8);
+    assert!(size_of::<PolicyKey>() == 16);
+    assert!(offset_of!(PolicyKey, identity) == 8);
+    assert!(offset_of!(PolicyKey, direction) == 12);
+    assert!(offset_of!(PolicyKey, protocol) == 13);
+    assert!(offset_of!(PolicyKey, port) == 14);
+    assert!(size_of::<PolicyValue>() == 8);
+    assert!(size_of::<PortRanges>() == 8 + 4 * PORT_RANGES_PER_KEY + 4 * PORT_RANGES_PER_KEY);
+    assert!(size_of::<CtKey>() == 40);
+    assert!(offset_of!(CtKey, sport) == 32);
+    assert!(size_of::<CtEntry>() == 32);
+    assert!(size_of::<DropEvent>() == 64);
+};
+
 #[cfg(test)]
 mod tests {
     use crate::maps::MAP_SPECS;

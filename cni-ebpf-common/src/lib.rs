@@ -13,6 +13,7 @@ pub mod counter;
 pub mod endpoint;
 pub mod layout;
 pub mod maps;
+pub mod policy;
 pub mod prefilter;
 pub mod reason;
 
