@@ -26,6 +26,7 @@ const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 16);
 
 const _: () = {
     use crate::policy::*;
+    assert!(size_of::<PolicyConfig>() == 8);
     assert!(size_of::<IpcacheEntry>() == 8);
     assert!(size_of::<PolicyState>() == 8);
     assert!(size_of::<PolicyKey>() == 16);
@@ -65,6 +66,9 @@ mod tests {
         assert!(Reason::PREFILTER_DROP_MALFORMED.is_drop());
         assert!(!Reason::PREFILTER_PASS_NO_MATCH.is_drop());
         assert!(!Reason::FROM_POD_PASS.is_drop());
+        assert!(Reason::FROM_POD_DROP_EGRESS_POLICY.is_drop());
+        assert!(Reason::TO_POD_DROP_NOT_PROGRAMMED.is_drop());
+        assert!(!Reason::TO_POD_PASS_HOST.is_drop());
     }
 
     #[test]

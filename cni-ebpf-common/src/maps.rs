@@ -6,6 +6,9 @@
 use core::mem::size_of;
 
 use crate::prefilter::{CIDR4_KEY_SIZE, CIDR6_KEY_SIZE};
+use crate::policy::{
+    CtEntry, CtKey, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue, PortRanges,
+};
 use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue};
 
 /// Default root of everything Sluice pins.
@@ -54,6 +57,40 @@ pub const TCX_EGRESS_SUFFIX: &str = "-egress";
 /// File name prefix of TCX link pins in `links/`.
 pub const TCX_LINK_PREFIX: &str = "tcx-";
 
+/// Address -> identity, IPv4 (LPM trie).
+pub const IPCACHE4: &str = "IPCACHE4";
+/// Address -> identity, IPv6 (LPM trie).
+pub const IPCACHE6: &str = "IPCACHE6";
+/// Most prefixes per ipcache family.
+pub const IPCACHE_MAX: u32 = 65_536;
+/// Allowed (endpoint, direction, peer, protocol, port) entries.
+pub const POLICY: &str = "POLICY";
+/// Most policy entries on a node.
+pub const POLICY_MAX: u32 = 131_072;
+/// `endPort` ranges per (endpoint, direction, peer, protocol).
+pub const POLICY_PORT_RANGES: &str = "POLICY_PORT_RANGES";
+/// Most range keys.
+pub const POLICY_PORT_RANGES_MAX: u32 = 16_384;
+/// Per-endpoint enforcement state, keyed by endpoint id.
+pub const POLICY_STATE: &str = "POLICY_STATE";
+/// Most endpoints with policy state.
+pub const POLICY_STATE_MAX: u32 = 16_384;
+/// Global policy switches and revision (one-slot array).
+pub const POLICY_CONFIG: &str = "POLICY_CONFIG";
+/// Connection tracking (LRU hash).
+pub const CT: &str = "CT";
+/// Most tracked flows.
+pub const CT_MAX: u32 = 131_072;
+/// Policy drop events for `sluicectl monitor` (ring buffer).
+pub const POLICY_EVENTS: &str = "POLICY_EVENTS";
+/// Size of [`POLICY_EVENTS`] in bytes.
+pub const POLICY_EVENTS_BYTES: u32 = 1 << 18;
+
+/// Kernel map types used (`enum bpf_map_type`): array.
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `BPF_MAP_TYPE_LRU_HASH`.
+pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
 /// Most protocol rules.
 pub const PREFILTER_PROTO_MAX: u32 = 256;
 /// Most CIDR rules per family.
@@ -99,7 +136,7 @@ impl MapSpec {
 }
 
 /// Every pinned map of the datapath and its expected shape.
-pub const MAP_SPECS: [MapSpec; 7] = [
+pub const MAP_SPECS: [MapSpec; 15] = [
     MapSpec {
         name: PREFILTER_PROTO,
         map_type: BPF_MAP_TYPE_HASH,
@@ -141,6 +178,62 @@ pub const MAP_SPECS: [MapSpec; 7] = [
         key_size: size_of::<EndpointKey>() as u32,
         value_size: size_of::<EndpointInfo>() as u32,
         max_entries: ENDPOINTS_MAX,
+    },
+    MapSpec {
+        name: IPCACHE4,
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: 4 + 4,
+        value_size: size_of::<IpcacheEntry>() as u32,
+        max_entries: IPCACHE_MAX,
+    },
+    MapSpec {
+        name: IPCACHE6,
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: 4 + 16,
+        value_size: size_of::<IpcacheEntry>() as u32,
+        max_entries: IPCACHE_MAX,
+    },
+    MapSpec {
+        name: POLICY,
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: size_of::<PolicyKey>() as u32,
+        value_size: size_of::<PolicyValue>() as u32,
+        max_entries: POLICY_MAX,
+    },
+    MapSpec {
+        name: POLICY_PORT_RANGES,
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: size_of::<PolicyKey>() as u32,
+        value_size: size_of::<PortRanges>() as u32,
+        max_entries: POLICY_PORT_RANGES_MAX,
+    },
+    MapSpec {
+        name: POLICY_STATE,
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 8,
+        value_size: size_of::<PolicyState>() as u32,
+        max_entries: POLICY_STATE_MAX,
+    },
+    MapSpec {
+        name: POLICY_CONFIG,
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: size_of::<PolicyConfig>() as u32,
+        max_entries: 1,
+    },
+    MapSpec {
+        name: CT,
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size: size_of::<CtKey>() as u32,
+        value_size: size_of::<CtEntry>() as u32,
+        max_entries: CT_MAX,
+    },
+    MapSpec {
+        name: POLICY_EVENTS,
+        map_type: BPF_MAP_TYPE_RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: POLICY_EVENTS_BYTES,
     },
     MapSpec {
         name: AYA_LOGS,

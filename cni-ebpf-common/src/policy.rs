@@ -48,6 +48,21 @@ pub const POLICY_F_PROGRAMMED: u32 = 1 << 2;
 /// whatever the ingress policy says (kubelet probes; the default).
 pub const POLICY_F_ALLOW_HOST: u32 = 1 << 3;
 
+/// `PolicyConfig::flags`: enforce NetworkPolicy (set by the agent when its
+/// policy engine runs; while clear, the pod programs only observe).
+pub const POLICY_CONFIG_F_ENFORCE: u32 = 1 << 0;
+
+/// The single value of `POLICY_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// `POLICY_CONFIG_F_*` (host byte order).
+    pub flags: u32,
+    /// Current policy revision; conntrack entries from older revisions are
+    /// checked against the policy again (host byte order).
+    pub revision: u32,
+}
+
 /// Value of `IPCACHE4`/`IPCACHE6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,6 +198,7 @@ pub struct DropEvent {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all): repr(C), integers and byte arrays, explicit padding.
+    unsafe impl aya::Pod for super::PolicyConfig {}
     unsafe impl aya::Pod for super::IpcacheEntry {}
     unsafe impl aya::Pod for super::PolicyState {}
     unsafe impl aya::Pod for super::PolicyKey {}

@@ -30,7 +30,7 @@ impl Reason {
     /// DROP_INVALID_EXTHDR).
     pub const PREFILTER_DROP_IPV6_EXT_CHAIN: Reason = Reason(13);
 
-    // 32..=63: the tc programs on pod veths.
+    // 32..=47: passes of the tc programs on pod veths.
     /// `from_pod` saw a packet and passed it.
     pub const FROM_POD_PASS: Reason = Reason(32);
     /// `to_pod` saw a packet and passed it.
@@ -50,22 +50,41 @@ impl Reason {
     /// (spoofed, or the endpoint entry is missing); passed for now.
     pub const FROM_POD_UNKNOWN_SOURCE: Reason = Reason(38);
 
+    /// `from_pod`: a packet of a flow conntrack already allowed.
+    pub const FROM_POD_PASS_CT: Reason = Reason(39);
+    /// `to_pod`: a packet of a flow conntrack already allowed.
+    pub const TO_POD_PASS_CT: Reason = Reason(40);
+    /// `from_pod`: a new flow allowed by policy (or by no isolation).
+    pub const FROM_POD_PASS_POLICY: Reason = Reason(41);
+    /// `to_pod`: a new flow allowed by policy (or by no isolation).
+    pub const TO_POD_PASS_POLICY: Reason = Reason(42);
+    /// `to_pod`: from the node itself, allowed as configured (probes).
+    pub const TO_POD_PASS_HOST: Reason = Reason(43);
+
+    // 48..=63: drops of the tc programs on pod veths.
+    /// `from_pod`: the sending pod's egress policy denies the flow.
+    pub const FROM_POD_DROP_EGRESS_POLICY: Reason = Reason(48);
+    /// `from_pod`: the local destination pod's ingress policy denies it.
+    pub const FROM_POD_DROP_INGRESS_POLICY: Reason = Reason(49);
+    /// `to_pod`: the destination pod's ingress policy denies the flow.
+    pub const TO_POD_DROP_INGRESS_POLICY: Reason = Reason(50);
+    /// `from_pod`: the sender's policy is not programmed yet (fail-closed).
+    pub const FROM_POD_DROP_NOT_PROGRAMMED: Reason = Reason(51);
+    /// `from_pod`: source address is not the pod's (spoofed), enforcing.
+    pub const FROM_POD_DROP_SPOOFED: Reason = Reason(52);
+    /// `to_pod`: the destination's policy is not programmed yet.
+    pub const TO_POD_DROP_NOT_PROGRAMMED: Reason = Reason(53);
+
     /// Every code in use, with its stable name, for the CLI and metrics.
-    pub const ALL: [(Reason, &'static str); 15] = [
+    pub const ALL: [(Reason, &'static str); 26] = [
         (Self::PREFILTER_PASS_NO_MATCH, "prefilter-pass-no-match"),
         (Self::PREFILTER_PASS_NOT_IP, "prefilter-pass-not-ip"),
         (Self::PREFILTER_PASS_CIDR_ALLOW, "prefilter-pass-cidr-allow"),
-        (
-            Self::PREFILTER_PASS_PROTO_ALLOW,
-            "prefilter-pass-proto-allow",
-        ),
+        (Self::PREFILTER_PASS_PROTO_ALLOW, "prefilter-pass-proto-allow"),
         (Self::PREFILTER_DROP_PROTO, "prefilter-drop-proto"),
         (Self::PREFILTER_DROP_CIDR, "prefilter-drop-cidr"),
         (Self::PREFILTER_DROP_MALFORMED, "prefilter-drop-malformed"),
-        (
-            Self::PREFILTER_DROP_IPV6_EXT_CHAIN,
-            "prefilter-drop-ipv6-ext-chain",
-        ),
+        (Self::PREFILTER_DROP_IPV6_EXT_CHAIN, "prefilter-drop-ipv6-ext-chain"),
         (Self::FROM_POD_PASS, "from-pod-pass"),
         (Self::TO_POD_PASS, "to-pod-pass"),
         (Self::FROM_POD_PASS_NOT_IP, "from-pod-pass-not-ip"),
@@ -73,8 +92,18 @@ impl Reason {
         (Self::FROM_POD_MALFORMED, "from-pod-malformed"),
         (Self::TO_POD_MALFORMED, "to-pod-malformed"),
         (Self::FROM_POD_UNKNOWN_SOURCE, "from-pod-unknown-source"),
+        (Self::FROM_POD_PASS_CT, "from-pod-pass-ct"),
+        (Self::TO_POD_PASS_CT, "to-pod-pass-ct"),
+        (Self::FROM_POD_PASS_POLICY, "from-pod-pass-policy"),
+        (Self::TO_POD_PASS_POLICY, "to-pod-pass-policy"),
+        (Self::TO_POD_PASS_HOST, "to-pod-pass-host"),
+        (Self::FROM_POD_DROP_EGRESS_POLICY, "from-pod-drop-egress-policy"),
+        (Self::FROM_POD_DROP_INGRESS_POLICY, "from-pod-drop-ingress-policy"),
+        (Self::TO_POD_DROP_INGRESS_POLICY, "to-pod-drop-ingress-policy"),
+        (Self::FROM_POD_DROP_NOT_PROGRAMMED, "from-pod-drop-not-programmed"),
+        (Self::FROM_POD_DROP_SPOOFED, "from-pod-drop-spoofed"),
+        (Self::TO_POD_DROP_NOT_PROGRAMMED, "to-pod-drop-not-programmed"),
     ];
-
     /// The stable name of a code, `None` for codes not (or no longer) in use.
     pub fn name(self) -> Option<&'static str> {
         let mut i = 0;
@@ -87,8 +116,9 @@ impl Reason {
         None
     }
 
-    /// Whether this verdict drops the packet.
+    /// Whether this verdict drops the packet: codes 10..=31 (prefilter)
+    /// and 48..=63 (pod programs) are drops by construction.
     pub fn is_drop(self) -> bool {
-        (10..=31).contains(&self.0)
+        (10..=31).contains(&self.0) || (48..=63).contains(&self.0)
     }
 }

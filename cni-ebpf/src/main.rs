@@ -6,9 +6,11 @@
 #[cfg(target_arch = "bpf")]
 mod bpf {
     mod counters;
+    mod ct;
     mod maps;
     mod parse;
     mod pod;
+    mod policy;
     mod prefilter;
 
     use aya_ebpf::{

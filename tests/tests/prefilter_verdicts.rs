@@ -1117,9 +1117,25 @@ fn l4_header_shorter_than_its_selector_is_malformed() {
         let frame = v4(SRC4, IPPROTO_SCTP).frame(&sctp(1, 9)[..len]);
         dp.expect(&format!("SCTP of {len} bytes"), &frame, XDP_DROP, malformed);
     }
-    // Four bytes are enough for the ICMP type: the rule decides.
+    // Four bytes are enough for the ICMP type: the rule decides...
+    let frame = v4(SRC4, IPPROTO_ICMP).frame(&icmp(3, 1, &[]));
+    dp.expect(
+        "ICMP unreachable of 4 bytes",
+        &frame,
+        XDP_DROP,
+        R::PREFILTER_DROP_PROTO,
+    );
+    // ...but an echo message carries its identifier (conntrack keys on it)
+    // in bytes 4..8: shorter is malformed.
     let frame = v4(SRC4, IPPROTO_ICMP).frame(&icmp(ICMP_ECHO_REQUEST, 0, &[]));
-    dp.expect("ICMP of 4 bytes", &frame, XDP_DROP, R::PREFILTER_DROP_PROTO);
+    dp.expect("ICMP echo of 4 bytes", &frame, XDP_DROP, malformed);
+    let frame = v4(SRC4, IPPROTO_ICMP).frame(&icmp_echo(ICMP_ECHO_REQUEST));
+    dp.expect(
+        "ICMP echo of 8 bytes",
+        &frame,
+        XDP_DROP,
+        R::PREFILTER_DROP_PROTO,
+    );
     let frame = v4(SRC4, IPPROTO_TCP).frame(&tcp(1, 22)[..4]);
     dp.expect(
         "TCP of 4 bytes",

@@ -4,12 +4,18 @@
 //! map under `<bpffs-dir>/maps/<NAME>`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use cni_ebpf_common::{
     maps::{
-        ENDPOINTS_MAX, PREFILTER_CIDR_MAX, PREFILTER_PROTO_MAX, PREFILTER_RULES_MAX, REASONS_MAX,
+        CT_MAX, ENDPOINTS_MAX, IPCACHE_MAX, POLICY_EVENTS_BYTES, POLICY_MAX,
+        POLICY_PORT_RANGES_MAX, POLICY_STATE_MAX, PREFILTER_CIDR_MAX, PREFILTER_PROTO_MAX,
+        PREFILTER_RULES_MAX, REASONS_MAX,
+    },
+    policy::{
+        CtEntry, CtKey, DropEvent, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue,
+        PortRanges,
     },
     prefilter::{Cidr4Addr, Cidr6Addr},
     Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue,
@@ -43,3 +49,36 @@ pub static REASON_COUNTERS: PerCpuArray<Counter, { REASONS_MAX as usize }> = Per
 #[btf_map]
 pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo, { ENDPOINTS_MAX as usize }> =
     HashMap::new();
+
+/// Address -> identity (IPv4), longest prefix wins; written by the agent.
+#[btf_map]
+pub static IPCACHE4: LpmTrie<[u8; 4], IpcacheEntry, { IPCACHE_MAX as usize }> = LpmTrie::new();
+
+/// Address -> identity (IPv6).
+#[btf_map]
+pub static IPCACHE6: LpmTrie<[u8; 16], IpcacheEntry, { IPCACHE_MAX as usize }> = LpmTrie::new();
+
+/// Allowed (endpoint, direction, peer, protocol, port); written by the agent.
+#[btf_map]
+pub static POLICY: HashMap<PolicyKey, PolicyValue, { POLICY_MAX as usize }> = HashMap::new();
+
+/// `endPort` ranges per (endpoint, direction, peer, protocol).
+#[btf_map]
+pub static POLICY_PORT_RANGES: HashMap<PolicyKey, PortRanges, { POLICY_PORT_RANGES_MAX as usize }> =
+    HashMap::new();
+
+/// Per-endpoint isolation and readiness, keyed by endpoint id.
+#[btf_map]
+pub static POLICY_STATE: HashMap<u64, PolicyState, { POLICY_STATE_MAX as usize }> = HashMap::new();
+
+/// Enforcement switch and policy revision.
+#[btf_map]
+pub static POLICY_CONFIG: Array<PolicyConfig, 1> = Array::new();
+
+/// Connection tracking: flows allowed, by their initiating 5-tuple.
+#[btf_map]
+pub static CT: LruHashMap<CtKey, CtEntry, { CT_MAX as usize }> = LruHashMap::new();
+
+/// Policy drops for `sluicectl monitor`.
+#[btf_map]
+pub static POLICY_EVENTS: RingBuf<DropEvent, { POLICY_EVENTS_BYTES as usize }> = RingBuf::new();

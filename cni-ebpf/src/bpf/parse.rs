@@ -27,6 +27,10 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 /// SCTP.
 pub const IPPROTO_SCTP: u8 = 132;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -38,6 +42,9 @@ const IPPROTO_DSTOPTS: u8 = 60;
 pub struct L4 {
     /// TCP/UDP/SCTP destination port, or ICMP/ICMPv6 type (host order).
     pub selector: u16,
+    /// TCP/UDP/SCTP source port, or the ICMP/ICMPv6 echo identifier (echo
+    /// request and reply), else 0 (host order). Conntrack keys on it.
+    pub sport: u16,
     /// False for protocols without ports or types, and for non-first
     /// fragments, whose L4 header is in another packet.
     pub has_selector: bool,
@@ -52,6 +59,8 @@ pub struct IpPacket {
     pub protocol: u8,
     /// Source address; IPv4 uses the first four bytes.
     pub src: [u8; 16],
+    /// Destination address; IPv4 uses the first four bytes.
+    pub dst: [u8; 16],
     /// Port or type, when readable.
     pub l4: L4,
 }
@@ -139,10 +148,16 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
     src[1] = header[13];
     src[2] = header[14];
     src[3] = header[15];
+    let mut dst = [0u8; 16];
+    dst[0] = header[16];
+    dst[1] = header[17];
+    dst[2] = header[18];
+    dst[3] = header[19];
     let l4 = if fragment_offset != 0 {
         // A later fragment: its first bytes are payload, not ports.
         Some(L4 {
             selector: 0,
+            sport: 0,
             has_selector: false,
         })
     } else {
@@ -153,6 +168,7 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
             family: FAMILY_IPV4,
             protocol,
             src,
+            dst,
             l4,
         }),
         None => Parsed::Malformed,
@@ -168,9 +184,11 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
     let mut i = 0;
     while i < 16 {
         src[i] = header[8 + i];
+        dst[i] = header[24 + i];
         i += 1;
     }
     let mut next = header[6];
@@ -214,6 +232,7 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
     let l4 = if later_fragment {
         Some(L4 {
             selector: 0,
+            sport: 0,
             has_selector: false,
         })
     } else {
@@ -224,6 +243,7 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
             family: FAMILY_IPV6,
             protocol: next,
             src,
+            dst,
             l4,
         }),
         None => Parsed::Malformed,
@@ -248,6 +268,7 @@ fn read_l4(start: usize, end: usize, offset: usize, protocol: u8, icmp: u8) -> O
         let ports = read::<[u8; 4]>(start, end, offset)?;
         return Some(L4 {
             selector: u16::from_be_bytes([ports[2], ports[3]]),
+            sport: u16::from_be_bytes([ports[0], ports[1]]),
             has_selector: true,
         });
     }
@@ -256,13 +277,27 @@ fn read_l4(start: usize, end: usize, offset: usize, protocol: u8, icmp: u8) -> O
         // (A one-byte read lets LLVM emit `ptr >= end`, from which the
         // verifier derives no readable range.)
         let header = read::<[u8; 4]>(start, end, offset)?;
+        let icmp_type = header[0];
+        let is_echo = if protocol == IPPROTO_ICMP {
+            icmp_type == ICMP_ECHO_REQUEST || icmp_type == ICMP_ECHO_REPLY
+        } else {
+            icmp_type == ICMPV6_ECHO_REQUEST || icmp_type == ICMPV6_ECHO_REPLY
+        };
+        let mut sport = 0;
+        if is_echo {
+            // Echo messages carry an identifier and sequence number: 8 bytes.
+            let echo = read::<[u8; 8]>(start, end, offset)?;
+            sport = u16::from_be_bytes([echo[4], echo[5]]);
+        }
         return Some(L4 {
-            selector: header[0] as u16,
+            selector: icmp_type as u16,
+            sport,
             has_selector: true,
         });
     }
     Some(L4 {
         selector: 0,
+        sport: 0,
         has_selector: false,
     })
 }

@@ -1,13 +1,24 @@
-//! The tc programs on pod veths. For now they parse, count and pass; policy
-//! enforcement builds on the same parse.
+//! The tc programs on pod veths: parse, then (when the agent enforces
+//! policy) conntrack and NetworkPolicy, and count every verdict.
+//!
+//! `from_pod` (TCX ingress of the host-side veth) sees what the pod sends:
+//! the sender's egress policy and, for a local destination, that pod's
+//! ingress policy. `to_pod` (TCX egress) sees what reaches the pod through
+//! the stack: the pod's ingress policy. A flow allowed once is tracked, so
+//! its replies and later packets pass on one lookup.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use cni_ebpf_common::{prefilter::FAMILY_IPV4, EndpointKey, Reason};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use cni_ebpf_common::{policy::POLICY_CONFIG_F_ENFORCE, Reason};
 
 use super::{
     counters::count_reason,
-    maps::ENDPOINTS,
-    parse::{parse_frame, IpPacket, Parsed},
+    ct::{self, Tracked},
+    maps::POLICY_CONFIG,
+    parse::{parse_frame, Parsed},
+    policy::{check_from_pod, check_ingress, endpoint, TO_POD_INGRESS},
 };
 
 /// Bytes of headers the parser may read: Ethernet, two VLAN tags, IPv6 with
@@ -30,42 +41,119 @@ fn pull_headers(ctx: &TcContext) {
     }
 }
 
+/// Whether policy is enforced, and the current revision.
+#[inline(always)]
+fn policy_config() -> (bool, u32) {
+    match POLICY_CONFIG.get(0) {
+        Some(config) => (config.flags & POLICY_CONFIG_F_ENFORCE != 0, config.revision),
+        None => (false, 0),
+    }
+}
+
+/// Applies a verdict: count it, return the tc action.
+#[inline(always)]
+fn finish(reason: Reason, bytes: u64) -> Result<i32, ()> {
+    count_reason(reason, bytes);
+    Ok(if reason.is_drop() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    })
+}
+
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     pull_headers(ctx);
     // skb->len, not data_end - data: the linear part may hold only the
     // headers of a large GSO packet.
     let bytes = ctx.len() as u64;
-    let reason = match parse_frame(ctx.data(), ctx.data_end()) {
-        Parsed::Ip(packet) if is_endpoint(&packet) => Reason::FROM_POD_PASS,
-        Parsed::Ip(_) => Reason::FROM_POD_UNKNOWN_SOURCE,
-        Parsed::NotIp => Reason::FROM_POD_PASS_NOT_IP,
-        Parsed::Malformed | Parsed::ExtChainTooLong => Reason::FROM_POD_MALFORMED,
+    let packet = match parse_frame(ctx.data(), ctx.data_end()) {
+        Parsed::Ip(packet) => packet,
+        Parsed::NotIp => return finish(Reason::FROM_POD_PASS_NOT_IP, bytes),
+        Parsed::Malformed | Parsed::ExtChainTooLong => {
+            return finish(Reason::FROM_POD_MALFORMED, bytes)
+        }
     };
-    count_reason(reason, bytes);
-    Ok(TC_ACT_OK)
+    let (enforce, revision) = policy_config();
+    let Some(src) = endpoint(packet.family, &packet.src) else {
+        let reason = if enforce {
+            Reason::FROM_POD_DROP_SPOOFED
+        } else {
+            Reason::FROM_POD_UNKNOWN_SOURCE
+        };
+        return finish(reason, bytes);
+    };
+    if !enforce {
+        return finish(Reason::FROM_POD_PASS, bytes);
+    }
+    let mut flow = ct::forward_key(&packet);
+    // On Stale, a reply of a stale flow is judged as the flow it answers:
+    // `flow` then holds the initiating tuple.
+    if let Tracked::Current = ct::lookup(&mut flow, revision) {
+        return finish(Reason::FROM_POD_PASS_CT, bytes);
+    }
+    let verdict = match endpoint(flow.family, &flow.src) {
+        Some(initiator) => check_from_pod(&flow, &initiator),
+        // The flow came in from outside the node to this pod: only the
+        // pod's ingress applies.
+        None => check_ingress(&flow, &src, &TO_POD_INGRESS),
+    };
+    match verdict {
+        Ok(reason) => {
+            ct::allow(&flow, revision);
+            finish(reason, bytes)
+        }
+        Err(reason) => {
+            ct::forget(&flow);
+            finish(reason, bytes)
+        }
+    }
 }
 
 pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
     pull_headers(ctx);
     let bytes = ctx.len() as u64;
-    let reason = match parse_frame(ctx.data(), ctx.data_end()) {
-        Parsed::Ip(_) => Reason::TO_POD_PASS,
-        Parsed::NotIp => Reason::TO_POD_PASS_NOT_IP,
-        Parsed::Malformed | Parsed::ExtChainTooLong => Reason::TO_POD_MALFORMED,
+    let packet = match parse_frame(ctx.data(), ctx.data_end()) {
+        Parsed::Ip(packet) => packet,
+        Parsed::NotIp => return finish(Reason::TO_POD_PASS_NOT_IP, bytes),
+        Parsed::Malformed | Parsed::ExtChainTooLong => {
+            return finish(Reason::TO_POD_MALFORMED, bytes)
+        }
     };
-    count_reason(reason, bytes);
-    Ok(TC_ACT_OK)
-}
-
-/// Whether the packet's source is a known endpoint address.
-#[inline(always)]
-fn is_endpoint(packet: &IpPacket) -> bool {
-    let key = if packet.family == FAMILY_IPV4 {
-        let s = &packet.src;
-        EndpointKey::v4([s[0], s[1], s[2], s[3]])
-    } else {
-        EndpointKey::v6(packet.src)
+    let (enforce, revision) = policy_config();
+    if !enforce {
+        return finish(Reason::TO_POD_PASS, bytes);
+    }
+    let Some(dst) = endpoint(packet.family, &packet.dst) else {
+        // Not addressed to a pod address (broadcast, multicast): nothing of
+        // NetworkPolicy applies.
+        return finish(Reason::TO_POD_PASS, bytes);
     };
-    // SAFETY: the value is only tested for presence.
-    unsafe { ENDPOINTS.get(key) }.is_some()
+    let mut flow = ct::forward_key(&packet);
+    if let Tracked::Current = ct::lookup(&mut flow, revision) {
+        return finish(Reason::TO_POD_PASS_CT, bytes);
+    }
+    let verdict = match endpoint(flow.family, &flow.dst) {
+        // A flow into a local pod (this one, or a stale reply's target).
+        Some(target) => check_ingress(&flow, &target, &TO_POD_INGRESS),
+        // A reply to a flow this pod started towards the outside: judged by
+        // this pod's egress.
+        None => check_from_pod(&flow, &dst),
+    };
+    match verdict {
+        Ok(reason) => {
+            ct::allow(&flow, revision);
+            finish(reason, bytes)
+        }
+        Err(reason) => {
+            ct::forget(&flow);
+            finish(
+                if reason.is_drop() {
+                    reason
+                } else {
+                    Reason::TO_POD_DROP_INGRESS_POLICY
+                },
+                bytes,
+            )
+        }
+    }
 }

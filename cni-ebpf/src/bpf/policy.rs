@@ -1,0 +1,227 @@
+//! Policy evaluation, exactly in the order the agent's `explain` uses
+//! (cni-agent/src/policy): for the peer's identity, then for any peer:
+//! (protocol, port) -> (protocol, any port) -> endPort ranges -> (any
+//! protocol, any port).
+
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use cni_ebpf_common::{
+    policy::{
+        CtKey, PolicyKey, PolicyState, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
+        IDENTITY_WORLD, PORT_ANY, PORT_RANGES_PER_KEY, PROTO_ANY,
+    },
+    prefilter::FAMILY_IPV4,
+    EndpointInfo, EndpointKey, Reason,
+};
+
+use super::maps::{
+    ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_EVENTS, POLICY_PORT_RANGES, POLICY_STATE,
+};
+
+/// A flow as policy sees it is its conntrack key in the initiating
+/// direction (ports in network order there).
+pub type Flow = CtKey;
+
+#[inline(always)]
+fn dport(flow: &Flow) -> u16 {
+    u16::from_be(flow.dport)
+}
+
+/// The endpoint owning `addr`, if it is a local pod's.
+#[inline(always)]
+pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<EndpointInfo> {
+    let key = if family == FAMILY_IPV4 {
+        EndpointKey::v4([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        EndpointKey::v6(*addr)
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { ENDPOINTS.get(key) }.copied()
+}
+
+/// The endpoint's policy state, if the agent programmed it.
+#[inline(always)]
+pub fn state(endpoint_id: u64) -> Option<PolicyState> {
+    // SAFETY: the value is copied out at once.
+    unsafe { POLICY_STATE.get(endpoint_id) }.copied()
+}
+
+/// The identity of `addr` (most specific prefix); WORLD when none.
+#[inline(always)]
+pub fn identity(family: u8, addr: &[u8; 16]) -> u32 {
+    let entry = if family == FAMILY_IPV4 {
+        IPCACHE4
+            .get(&Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
+            .copied()
+    } else {
+        IPCACHE6.get(&Key::new(128, *addr)).copied()
+    };
+    match entry {
+        Some(e) => e.identity,
+        None => IDENTITY_WORLD,
+    }
+}
+
+#[inline(always)]
+fn lookup_for(endpoint_id: u64, direction: u8, identity: u32, protocol: u8, port: u16) -> bool {
+    let mut key = PolicyKey {
+        endpoint_id,
+        identity,
+        direction,
+        protocol,
+        port,
+    };
+    // SAFETY (each get): presence test only.
+    if unsafe { POLICY.get(key) }.is_some() {
+        return true;
+    }
+    key.port = PORT_ANY;
+    if unsafe { POLICY.get(key) }.is_some() {
+        return true;
+    }
+    if let Some(ranges) = unsafe { POLICY_PORT_RANGES.get(key) } {
+        let mut i = 0;
+        while i < PORT_RANGES_PER_KEY {
+            if (i as u32) < ranges.count {
+                let [first, last] = ranges.ranges[i];
+                if port >= first && port <= last {
+                    return true;
+                }
+            }
+            i += 1;
+        }
+    }
+    key.protocol = PROTO_ANY;
+    unsafe { POLICY.get(key) }.is_some()
+}
+
+/// Whether the endpoint's policy allows the flow in `direction` with the
+/// peer `identity`.
+#[inline(always)]
+pub fn allows(endpoint_id: u64, direction: u8, identity: u32, flow: &Flow) -> bool {
+    lookup_for(endpoint_id, direction, identity, flow.protocol, dport(flow))
+        || lookup_for(
+            endpoint_id,
+            direction,
+            IDENTITY_ANY,
+            flow.protocol,
+            dport(flow),
+        )
+}
+
+/// Reports a policy drop on the ring buffer (lost when it is full). The
+/// event is written in place in the ring, not built on the stack.
+#[inline(always)]
+pub fn report_drop(
+    flow: &Flow,
+    direction: u8,
+    reason: Reason,
+    endpoint_id: u64,
+    peer_identity: u32,
+) {
+    let Some(mut slot) = POLICY_EVENTS.reserve(0) else {
+        return;
+    };
+    let event = slot.as_mut_ptr();
+    // SAFETY: the slot is ours until submitted, sized for a DropEvent; every
+    // field is written.
+    unsafe {
+        (*event).src = flow.src;
+        (*event).dst = flow.dst;
+        (*event).sport = u16::from_be(flow.sport);
+        (*event).dport = u16::from_be(flow.dport);
+        (*event).protocol = flow.protocol;
+        (*event).family = flow.family;
+        (*event).direction = direction;
+        (*event)._pad = 0;
+        (*event).reason = reason.0;
+        (*event).endpoint_id = endpoint_id;
+        (*event).peer_identity = peer_identity;
+        (*event)._reserved = 0;
+    }
+    slot.submit(0);
+}
+
+/// Egress of a local source endpoint, then ingress of a local destination
+/// endpoint: the verdict for a new flow leaving a pod. `Ok` carries the
+/// pass reason, `Err` the drop reason (already reported).
+#[inline(always)]
+pub fn check_from_pod(flow: &Flow, src: &EndpointInfo) -> Result<Reason, Reason> {
+    let Some(src_state) = state(src.endpoint_id) else {
+        return Err(Reason::FROM_POD_DROP_NOT_PROGRAMMED);
+    };
+    if src_state.flags & cni_ebpf_common::policy::POLICY_F_PROGRAMMED == 0 {
+        return Err(Reason::FROM_POD_DROP_NOT_PROGRAMMED);
+    }
+    if src_state.flags & cni_ebpf_common::policy::POLICY_F_EGRESS_ISOLATED != 0 {
+        let peer = identity(flow.family, &flow.dst);
+        if !allows(src.endpoint_id, DIRECTION_EGRESS, peer, flow) {
+            report_drop(
+                flow,
+                DIRECTION_EGRESS,
+                Reason::FROM_POD_DROP_EGRESS_POLICY,
+                src.endpoint_id,
+                peer,
+            );
+            return Err(Reason::FROM_POD_DROP_EGRESS_POLICY);
+        }
+    }
+    if let Some(dst) = endpoint(flow.family, &flow.dst) {
+        check_ingress(flow, &dst, &FROM_POD_INGRESS)?;
+    }
+    Ok(Reason::FROM_POD_PASS_POLICY)
+}
+
+/// The reasons an ingress check reports, by where it runs.
+pub struct IngressReasons {
+    /// The destination's policy is not programmed.
+    pub not_programmed: Reason,
+    /// The destination's ingress policy denies the flow.
+    pub denied: Reason,
+}
+
+/// Ingress checked in `from_pod` (pod to local pod).
+pub const FROM_POD_INGRESS: IngressReasons = IngressReasons {
+    not_programmed: Reason::FROM_POD_DROP_NOT_PROGRAMMED,
+    denied: Reason::FROM_POD_DROP_INGRESS_POLICY,
+};
+
+/// Ingress checked in `to_pod` (from the stack or the overlay).
+pub const TO_POD_INGRESS: IngressReasons = IngressReasons {
+    not_programmed: Reason::TO_POD_DROP_NOT_PROGRAMMED,
+    denied: Reason::TO_POD_DROP_INGRESS_POLICY,
+};
+
+/// Ingress of a local destination endpoint for a new flow.
+#[inline(always)]
+pub fn check_ingress(
+    flow: &Flow,
+    dst: &EndpointInfo,
+    reasons: &IngressReasons,
+) -> Result<Reason, Reason> {
+    use cni_ebpf_common::policy::{
+        IDENTITY_HOST, POLICY_F_ALLOW_HOST, POLICY_F_INGRESS_ISOLATED, POLICY_F_PROGRAMMED,
+    };
+    let Some(dst_state) = state(dst.endpoint_id) else {
+        return Err(reasons.not_programmed);
+    };
+    if dst_state.flags & POLICY_F_PROGRAMMED == 0 {
+        return Err(reasons.not_programmed);
+    }
+    let peer = identity(flow.family, &flow.src);
+    if peer == IDENTITY_HOST && dst_state.flags & POLICY_F_ALLOW_HOST != 0 {
+        return Ok(Reason::TO_POD_PASS_HOST);
+    }
+    if dst_state.flags & POLICY_F_INGRESS_ISOLATED != 0
+        && !allows(dst.endpoint_id, DIRECTION_INGRESS, peer, flow)
+    {
+        report_drop(
+            flow,
+            DIRECTION_INGRESS,
+            reasons.denied,
+            dst.endpoint_id,
+            peer,
+        );
+        return Err(reasons.denied);
+    }
+    Ok(Reason::TO_POD_PASS_POLICY)
+}
