@@ -280,6 +280,15 @@ pub fn remove_endpoints(bpffs_dir: &Path, endpoint_id: u64) -> CniResult<Vec<End
     Ok(mine)
 }
 
+/// Every `ENDPOINTS` entry (none when the map is not pinned).
+pub fn endpoint_entries(bpffs_dir: &Path) -> CniResult<Vec<(EndpointKey, EndpointInfo)>> {
+    if !endpoints_pin(bpffs_dir).exists() {
+        return Ok(Vec::new());
+    }
+    let map = open_endpoints(bpffs_dir)?;
+    Ok(map.iter().filter_map(Result::ok).collect())
+}
+
 /// The `ENDPOINTS` entries of `endpoint_id`.
 pub fn endpoints_of(
     bpffs_dir: &Path,

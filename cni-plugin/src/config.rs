@@ -117,6 +117,9 @@ const KNOWN_KEYS: [&str; 39] = [
 
 /// The GC input key with the still-valid attachments (spec, section 2, GC).
 pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
+/// An older spelling of [`VALID_ATTACHMENTS_KEY`], read when that is absent
+/// (as `ipam::gc` does).
+pub const ATTACHMENTS_KEY: &str = "cni.dev/attachments";
 
 /// How pods are connected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -769,7 +772,10 @@ fn parse_conf_args(a: &Obj<'_>) -> CniResult<ConfArgs> {
 }
 
 fn parse_valid_attachments(obj: &Map<String, Value>) -> CniResult<Option<Vec<Attachment>>> {
-    let key = VALID_ATTACHMENTS_KEY;
+    let key = [VALID_ATTACHMENTS_KEY, ATTACHMENTS_KEY]
+        .into_iter()
+        .find(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
+        .unwrap_or(VALID_ATTACHMENTS_KEY);
     let list = match obj.get(key) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(list)) => list,
@@ -1203,6 +1209,8 @@ mod tests {
                 ifname: "eth0".into()
             }])
         );
+        let c = parse(with(json!({ATTACHMENTS_KEY: [{"containerID": "c2"}]}))).unwrap();
+        assert_eq!(c.valid_attachments.unwrap()[0].container_id, "c2");
         let e = parse(with(json!({VALID_ATTACHMENTS_KEY: [{"ifname": "eth0"}]}))).unwrap_err();
         assert_eq!(e.code, Code::InvalidNetworkConfig);
     }
