@@ -10,9 +10,8 @@ mod cni_support;
 
 use std::time::Duration;
 
-use cni_support::{
-    ip, net, result_ips, tcp_echo, FakeAgent, TestNetns, World, NODE_V4, NODE_V6, VERSIONS,
-};
+use cni_support::plumbing::tcp_echo;
+use cni_support::{ip, net, result_ips, FakeAgent, TestNetns, World, NODE_V4, NODE_V6, VERSIONS};
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

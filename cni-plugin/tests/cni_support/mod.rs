@@ -24,7 +24,7 @@ use std::{
 
 use cni_plugin::{addr, attach, masq};
 use ipnet::IpNet;
-pub use plumbing::{random_hex, require_root, tcp_echo, Pins, TestNetns};
+pub use plumbing::{random_hex, require_root, Pins, TestNetns};
 use rtnetlink::LinkVeth;
 use serde_json::{json, Map, Value};
 
