@@ -667,7 +667,6 @@ pub fn remove(endpoint_id: u64) -> CniResult<usize> {
         .filter(|r| r.comment.starts_with(&prefix))
         .map(|r| r.handle)
         .collect();
-    let others = rules.len() - mine.len();
     if !mine.is_empty() {
         let msgs: Vec<_> = mine
             .iter()
@@ -685,7 +684,17 @@ pub fn remove(endpoint_id: u64) -> CniResult<usize> {
             }
         }
     }
-    if others == 0 {
+    // Listed again after the removal: two DELs running at once each see
+    // the other's rules before removing their own, so a count taken
+    // before would leave an empty table behind. The last remover's list
+    // is empty (or shows a rule a concurrent ADD just added, which needs
+    // the table).
+    let left = if mine.is_empty() {
+        rules.len()
+    } else {
+        nft.rules()?.len()
+    };
+    if left == 0 {
         let msgs = vec![
             (NFT_MSG_DELCHAIN, 0, NFPROTO_INET, chain_attrs(false)),
             (NFT_MSG_DELTABLE, 0, NFPROTO_INET, table_attrs()),
