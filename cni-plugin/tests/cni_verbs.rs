@@ -307,6 +307,40 @@ fn requested_addresses_mac_dns_and_the_state_record() {
     assert_eq!(result_ips(&r)[0], ip("10.199.1.88"));
     assert_eq!(r["dns"], json!({"nameservers": ["10.199.0.54"]}));
     world.del("req-2", Some(&pod.path), &conf, Some(&r)).ok();
+
+    // The ipRanges capability replaces the configured ranges; args.cni.ips
+    // picks the address in it.
+    let conf = world.conf(
+        "1.1.0",
+        json!({
+            "runtimeConfig": {"ipRanges": [[{"subnet": "10.199.5.0/24"}]]},
+            "args": {"cni": {"ips": ["10.199.5.9"]}},
+        }),
+    );
+    let r = world.add("req-3", &pod, &conf).ok();
+    assert_eq!(result_ips(&r), [ip("10.199.5.9")]);
+    world.check("req-3", &pod, &conf, &r).ok();
+    world.del("req-3", Some(&pod.path), &conf, Some(&r)).ok();
+    world.assert_clean();
+}
+
+#[test]
+fn add_after_another_plugin_reports_only_what_sluice_built() {
+    // As the reference bridge plugin: a prevResult on ADD is not merged.
+    let world = World::new();
+    let conf = world.conf("1.0.0", json!({}));
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "dummy0", "mac": "0a:00:00:00:00:09"}],
+        "ips": [{"address": "10.199.7.7/24", "interface": 0}],
+    });
+    let pod = world.pod();
+    let r = world
+        .add("chain-1", &pod, &cni_support::with_prev(&conf, &prev))
+        .ok();
+    check_layout("1.0.0", &r, Layout::Routed, &pod, 1500);
+    assert!(!r.to_string().contains("dummy0"), "{r}");
+    world.del("chain-1", Some(&pod.path), &conf, Some(&r)).ok();
     world.assert_clean();
 }
 
