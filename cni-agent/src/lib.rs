@@ -11,6 +11,7 @@ pub mod cli;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod policy;
 pub mod rules;
 pub mod syscall;
 
