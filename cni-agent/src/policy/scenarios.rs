@@ -419,3 +419,100 @@ pub fn predicted(
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::policy::{compile, CompileOptions, IdentityTable};
+
+    #[test]
+    fn every_scenario_matrix_matches_explain() {
+        let set = load(Path::new(SCENARIO_DIR)).unwrap();
+        assert_eq!(set.pods.len(), 9);
+        assert!(
+            set.scenarios.len() >= 15,
+            "{} scenarios",
+            set.scenarios.len()
+        );
+        let endpoints = set.local_endpoints();
+        let mut failures = Vec::new();
+        let mut probes = 0;
+        let start = Instant::now();
+        for s in &set.scenarios {
+            let cluster = s.cluster(&set.cluster);
+            let compiled = compile(
+                &cluster,
+                &endpoints,
+                &CompileOptions::default(),
+                &IdentityTable::new(),
+                1,
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            for p in &s.probes {
+                probes += 1;
+                let got = predicted(&compiled, &endpoints, &set.pods, p.protocol, p.port);
+                let diff = p.expected.differences(&got);
+                if !diff.is_empty() {
+                    let cells: Vec<String> = diff
+                        .iter()
+                        .map(|(f, t, e)| {
+                            let v = explain(
+                                &compiled,
+                                Party::Address(set.address_of(f).unwrap()),
+                                Party::Address(set.address_of(t).unwrap()),
+                                p.protocol.number(),
+                                p.port,
+                            )
+                            .unwrap();
+                            format!(
+                                "  {f} -> {t}: expected {e}, got {} ({})",
+                                v.allowed, v.reason
+                            )
+                        })
+                        .collect();
+                    failures.push(format!(
+                        "{} {}/{}:\nexpected:\n{}got:\n{}{}",
+                        s.name,
+                        p.protocol,
+                        p.port,
+                        p.expected,
+                        got,
+                        cells.join("\n")
+                    ));
+                }
+            }
+        }
+        eprintln!(
+            "{} scenarios, {probes} probes, {:?}",
+            set.scenarios.len(),
+            start.elapsed()
+        );
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    #[test]
+    fn matrices_round_trip_and_bad_ones_are_refused() {
+        let set = load(Path::new(SCENARIO_DIR)).unwrap();
+        let m = &set.scenarios[1].probes[0].expected;
+        assert_eq!(&Matrix::parse(&m.to_string()).unwrap(), m);
+        assert!(Matrix::parse("- x/a x/b\nx/a . X\n")
+            .unwrap_err()
+            .contains("1 rows"));
+        assert!(Matrix::parse("- x/a\nx/a ?\n")
+            .unwrap_err()
+            .contains("neither"));
+        assert!(Matrix::parse("- x/a x/b\nx/a . X\nx/b .\n")
+            .unwrap_err()
+            .contains("1 cells"));
+    }
+
+    #[test]
+    fn base_cluster_addresses_are_the_documented_plan() {
+        let set = load(Path::new(SCENARIO_DIR)).unwrap();
+        let addrs = set.addresses();
+        assert_eq!(addrs.len(), 9);
+        assert_eq!(addrs[&ObjectKey::new("y", "c")].to_string(), "10.244.2.12");
+    }
+}
