@@ -9,11 +9,14 @@
 //! - [`traffic`]: ICMP echo over raw sockets, TCP echo transfers.
 //! - [`agent`]: the binaries: [`Agent`], [`Sluicectl`], [`BpffsDir`].
 //! - [`frames`]: crafted frames for BPF_PROG_TEST_RUN.
+//! - [`datapath`]: the datapath loaded into a pin directory of the test's
+//!   own, map writes, program runs, counters and drop events.
 //! - [`world`]: ready-made topologies ([`TwoHosts`]).
 //!
 //! Everything here needs root; [`require_root`] says so plainly.
 
 pub mod agent;
+pub mod datapath;
 pub mod frames;
 pub mod link;
 pub mod netns;
