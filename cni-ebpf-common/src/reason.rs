@@ -60,6 +60,11 @@ impl Reason {
     pub const TO_POD_PASS_POLICY: Reason = Reason(42);
     /// `to_pod`: from the node itself, allowed as configured (probes).
     pub const TO_POD_PASS_HOST: Reason = Reason(43);
+    /// `from_pod`: IPv6 neighbour discovery or MLD (ICMPv6 130-137, 143):
+    /// link-local plumbing like ARP, outside NetworkPolicy.
+    pub const FROM_POD_PASS_NEIGHBOR_DISCOVERY: Reason = Reason(44);
+    /// `to_pod`: IPv6 neighbour discovery or MLD, as above.
+    pub const TO_POD_PASS_NEIGHBOR_DISCOVERY: Reason = Reason(45);
 
     // 48..=63: drops of the tc programs on pod veths.
     /// `from_pod`: the sending pod's egress policy denies the flow.
@@ -74,9 +79,17 @@ impl Reason {
     pub const FROM_POD_DROP_SPOOFED: Reason = Reason(52);
     /// `to_pod`: the destination's policy is not programmed yet.
     pub const TO_POD_DROP_NOT_PROGRAMMED: Reason = Reason(53);
+    /// `from_pod`, enforcing: an IPv6 extension chain longer than the
+    /// parser walks; its ports cannot be checked, so it cannot pass policy.
+    pub const FROM_POD_DROP_IPV6_EXT_CHAIN: Reason = Reason(54);
+    /// `to_pod`, enforcing: likewise.
+    pub const TO_POD_DROP_IPV6_EXT_CHAIN: Reason = Reason(55);
+    /// `to_pod`: the reply of a flow this pod started, which the pod's
+    /// egress policy no longer allows (after a policy change).
+    pub const TO_POD_DROP_EGRESS_POLICY: Reason = Reason(56);
 
     /// Every code in use, with its stable name, for the CLI and metrics.
-    pub const ALL: [(Reason, &'static str); 26] = [
+    pub const ALL: [(Reason, &'static str); 31] = [
         (Self::PREFILTER_PASS_NO_MATCH, "prefilter-pass-no-match"),
         (Self::PREFILTER_PASS_NOT_IP, "prefilter-pass-not-ip"),
         (Self::PREFILTER_PASS_CIDR_ALLOW, "prefilter-pass-cidr-allow"),
@@ -97,12 +110,17 @@ impl Reason {
         (Self::FROM_POD_PASS_POLICY, "from-pod-pass-policy"),
         (Self::TO_POD_PASS_POLICY, "to-pod-pass-policy"),
         (Self::TO_POD_PASS_HOST, "to-pod-pass-host"),
+        (Self::FROM_POD_PASS_NEIGHBOR_DISCOVERY, "from-pod-pass-neighbor-discovery"),
+        (Self::TO_POD_PASS_NEIGHBOR_DISCOVERY, "to-pod-pass-neighbor-discovery"),
         (Self::FROM_POD_DROP_EGRESS_POLICY, "from-pod-drop-egress-policy"),
         (Self::FROM_POD_DROP_INGRESS_POLICY, "from-pod-drop-ingress-policy"),
         (Self::TO_POD_DROP_INGRESS_POLICY, "to-pod-drop-ingress-policy"),
         (Self::FROM_POD_DROP_NOT_PROGRAMMED, "from-pod-drop-not-programmed"),
         (Self::FROM_POD_DROP_SPOOFED, "from-pod-drop-spoofed"),
         (Self::TO_POD_DROP_NOT_PROGRAMMED, "to-pod-drop-not-programmed"),
+        (Self::FROM_POD_DROP_IPV6_EXT_CHAIN, "from-pod-drop-ipv6-ext-chain"),
+        (Self::TO_POD_DROP_IPV6_EXT_CHAIN, "to-pod-drop-ipv6-ext-chain"),
+        (Self::TO_POD_DROP_EGRESS_POLICY, "to-pod-drop-egress-policy"),
     ];
     /// The stable name of a code, `None` for codes not (or no longer) in use.
     pub fn name(self) -> Option<&'static str> {

@@ -211,10 +211,25 @@ fn ip_traffic_is_passed_and_counted_in_both_directions() {
         dp.expect("IPv4 UDP", dir, &udp4, dir.pass);
         let echo4 = Ipv4::new(POD4, PEER4, IPPROTO_ICMP).frame(&icmp_echo(ICMP_ECHO_REQUEST));
         dp.expect("ICMP echo", dir, &echo4, dir.pass);
+        let echo6 = Ipv6::new(POD6, PEER6, IPPROTO_ICMPV6)
+            .ext(&[ExtHeader::HopByHop(4)])
+            .frame(&icmpv6_echo(ICMPV6_ECHO_REQUEST));
+        dp.expect("ICMPv6 echo behind hop-by-hop", dir, &echo6, dir.pass);
+        // Neighbour discovery is link plumbing, counted apart (like ARP).
         let ns = Ipv6::new(POD6, PEER6, IPPROTO_ICMPV6)
             .ext(&[ExtHeader::HopByHop(4)])
             .frame(&neighbour_solicitation(PEER6));
-        dp.expect("ICMPv6 behind hop-by-hop", dir, &ns, dir.pass);
+        let nd = if dir.prog == PROG_FROM_POD {
+            Reason::FROM_POD_PASS_NEIGHBOR_DISCOVERY
+        } else {
+            Reason::TO_POD_PASS_NEIGHBOR_DISCOVERY
+        };
+        dp.expect(
+            "ICMPv6 neighbour solicitation behind hop-by-hop",
+            dir,
+            &ns,
+            nd,
+        );
         let tagged = vlan_ethernet(
             &[(ETH_P_8021Q, 100)],
             ETH_P_IP,

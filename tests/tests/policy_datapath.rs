@@ -10,10 +10,10 @@
 //! ipBlock-like CIDR with its own identity, and addresses in no prefix
 //! (WORLD). IPv4 and IPv6 alike, most tests run for both.
 //!
-//! Two `#[ignore]`d tests state what the datapath should do and does not
-//! yet (neighbour discovery under policy, long IPv6 extension chains); run
-//! them with `--ignored`. `from_pod_cost_per_packet` asserts nothing and
-//! prints a cost table (`--nocapture`).
+//! Neighbour discovery passes outside policy (like ARP), and IPv6 extension
+//! chains longer than the parser walks are dropped when enforcing.
+//! `from_pod_cost_per_packet` asserts nothing and prints a cost table
+//! (`--nocapture`).
 //!
 //! Needs root and bpffs; each test pins its own datapath and removes it on
 //! drop. Run serially: `cargo test -p tests --test policy_datapath --
@@ -257,6 +257,7 @@ fn is_policy_denial(reason: Reason) -> bool {
         Reason::FROM_POD_DROP_EGRESS_POLICY,
         Reason::FROM_POD_DROP_INGRESS_POLICY,
         Reason::TO_POD_DROP_INGRESS_POLICY,
+        Reason::TO_POD_DROP_EGRESS_POLICY,
     ]
     .contains(&reason)
 }
@@ -1108,14 +1109,12 @@ fn a_new_revision_cuts_tracked_flows_the_policy_no_longer_allows() {
         // The forward packet, then the reply first, of each kind.
         let egress_of_a = (DIRECTION_EGRESS, EP_A, ID_REMOTE);
         node.denied(PROG_FROM_POD, &out[0], egress_denied, &out[0], egress_of_a);
-        // A reply reaching A is judged as the flow it answers: A's egress.
-        // to_pod counts it under the egress check's reason, a FROM_POD_*
-        // code (so does every stale reply below: the reason names the
-        // check, not the program that ran it).
+        // A reply reaching A is judged as the flow it answers: A's egress,
+        // counted (and reported) in to_pod's own terms.
         node.denied(
             PROG_TO_POD,
             &out[1].reply(),
-            egress_denied,
+            Reason::TO_POD_DROP_EGRESS_POLICY,
             &out[1],
             egress_of_a,
         );
@@ -1127,12 +1126,12 @@ fn a_new_revision_cuts_tracked_flows_the_policy_no_longer_allows() {
             &inbound[0],
             ingress_of_a,
         );
-        // A's reply to a remote client: A's ingress again; from_pod counts
-        // it as TO_POD_DROP_INGRESS_POLICY.
+        // A's reply to a remote client: A's ingress again, counted in
+        // from_pod's terms.
         node.denied(
             PROG_FROM_POD,
             &inbound[1].reply(),
-            ingress_denied,
+            Reason::FROM_POD_DROP_INGRESS_POLICY,
             &inbound[1],
             ingress_of_a,
         );
@@ -1190,9 +1189,9 @@ fn a_new_revision_keeps_tracked_flows_the_policy_still_allows() {
         assert_eq!(node.revision_of(&out[0]), Some(revision));
         node.run_from_pod(&out[0], Reason::FROM_POD_PASS_CT);
         node.run_to_pod(&out[0].reply(), Reason::TO_POD_PASS_CT);
-        // Reply first: judged as the flow it answers (A's egress, with that
-        // check's reason, in to_pod), refreshed under the initiating key.
-        node.run_to_pod(&out[1].reply(), Reason::FROM_POD_PASS_POLICY);
+        // Reply first: judged as the flow it answers (A's egress, counted in
+        // to_pod's terms), refreshed under the initiating key.
+        node.run_to_pod(&out[1].reply(), Reason::TO_POD_PASS_POLICY);
         assert_eq!(node.revision_of(&out[1]), Some(revision));
         assert_eq!(node.revision_of(&out[1].reply()), None);
         node.run_to_pod(&out[1].reply(), Reason::TO_POD_PASS_CT);
@@ -1201,7 +1200,7 @@ fn a_new_revision_keeps_tracked_flows_the_policy_still_allows() {
         node.run_to_pod(&inbound[0], Reason::TO_POD_PASS_POLICY);
         assert_eq!(node.revision_of(&inbound[0]), Some(revision));
         node.run_to_pod(&inbound[0], Reason::TO_POD_PASS_CT);
-        node.run_from_pod(&inbound[1].reply(), Reason::TO_POD_PASS_POLICY);
+        node.run_from_pod(&inbound[1].reply(), Reason::FROM_POD_PASS_POLICY);
         assert_eq!(node.revision_of(&inbound[1]), Some(revision));
         node.run_from_pod(&inbound[1].reply(), Reason::FROM_POD_PASS_CT);
         assert_eq!(dp.ct_keys().len(), 4, "{}", net.name);
@@ -1260,8 +1259,6 @@ fn neighbour_advertisement(target: Ipv6Addr) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "bug: IPv6 neighbour discovery goes through the spoof check and NetworkPolicy; \
-            an isolated pod cannot resolve its gateway fe80::1"]
 fn neighbour_discovery_is_not_subject_to_policy() {
     let node = Node::new(v6());
     let net = &node.net;
@@ -1318,8 +1315,6 @@ fn neighbour_discovery_is_not_subject_to_policy() {
 }
 
 #[test]
-#[ignore = "bug: under enforcement an IPv6 extension chain longer than the parser walks \
-            is passed (FROM_POD_MALFORMED/TO_POD_MALFORMED, TC_ACT_OK) without any policy"]
 fn long_ipv6_extension_chains_do_not_bypass_policy() {
     let node = Node::new(v6());
     let net = &node.net;

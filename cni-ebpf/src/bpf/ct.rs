@@ -88,9 +88,17 @@ pub fn lookup(key: &mut CtKey, revision: u32) -> Tracked {
     Tracked::New
 }
 
-/// Remembers (or refreshes) an allowed flow.
+/// Remembers an allowed flow: a new entry, or for a stale one just the new
+/// revision (its packet counts go on).
 #[inline(always)]
-pub fn allow(key: &CtKey, revision: u32) {
+pub fn allow(key: &CtKey, revision: u32, tracked: &Tracked) {
+    if let Tracked::Stale = tracked {
+        if let Some(entry) = CT.get_ptr_mut(*key) {
+            // SAFETY: a value pointer from this map, valid during this run.
+            unsafe { (*entry).revision = revision };
+            return;
+        }
+    }
     let entry = CtEntry {
         revision,
         _reserved: 0,

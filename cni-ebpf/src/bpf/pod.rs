@@ -11,14 +11,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use cni_ebpf_common::{policy::POLICY_CONFIG_F_ENFORCE, Reason};
+use cni_ebpf_common::{policy::POLICY_CONFIG_F_ENFORCE, prefilter::FAMILY_IPV6, Reason};
 
 use super::{
     counters::count_reason,
     ct::{self, Tracked},
     maps::POLICY_CONFIG,
-    parse::{parse_frame, Parsed},
-    policy::{check_from_pod, check_ingress, endpoint, TO_POD_INGRESS},
+    parse::{parse_frame, IpPacket, Parsed, IPPROTO_ICMPV6},
+    policy::{check_from_pod, check_ingress, endpoint, FROM_POD_REASONS, TO_POD_REASONS},
 };
 
 /// Bytes of headers the parser may read: Ethernet, two VLAN tags, IPv6 with
@@ -61,19 +61,37 @@ fn finish(reason: Reason, bytes: u64) -> Result<i32, ()> {
     })
 }
 
+/// ICMPv6 types that are link plumbing, not traffic NetworkPolicy speaks
+/// of (neighbour discovery 133-137, MLD 130-132 and 143): they pass like ARP,
+/// even from link-local or unspecified sources.
+#[inline(always)]
+fn is_neighbor_discovery(packet: &IpPacket) -> bool {
+    packet.family == FAMILY_IPV6
+        && packet.protocol == IPPROTO_ICMPV6
+        && packet.l4.has_selector
+        && matches!(packet.l4.selector, 130..=137 | 143)
+}
+
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     pull_headers(ctx);
     // skb->len, not data_end - data: the linear part may hold only the
     // headers of a large GSO packet.
     let bytes = ctx.len() as u64;
+    let (enforce, revision) = policy_config();
     let packet = match parse_frame(ctx.data(), ctx.data_end()) {
         Parsed::Ip(packet) => packet,
         Parsed::NotIp => return finish(Reason::FROM_POD_PASS_NOT_IP, bytes),
+        // Its ports are out of reach: it cannot pass port rules unseen.
+        Parsed::ExtChainTooLong if enforce => {
+            return finish(Reason::FROM_POD_DROP_IPV6_EXT_CHAIN, bytes)
+        }
         Parsed::Malformed | Parsed::ExtChainTooLong => {
             return finish(Reason::FROM_POD_MALFORMED, bytes)
         }
     };
-    let (enforce, revision) = policy_config();
+    if is_neighbor_discovery(&packet) {
+        return finish(Reason::FROM_POD_PASS_NEIGHBOR_DISCOVERY, bytes);
+    }
     let Some(src) = endpoint(packet.family, &packet.src) else {
         let reason = if enforce {
             Reason::FROM_POD_DROP_SPOOFED
@@ -88,18 +106,19 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     let mut flow = ct::forward_key(&packet);
     // On Stale, a reply of a stale flow is judged as the flow it answers:
     // `flow` then holds the initiating tuple.
-    if let Tracked::Current = ct::lookup(&mut flow, revision) {
+    let tracked = ct::lookup(&mut flow, revision);
+    if let Tracked::Current = tracked {
         return finish(Reason::FROM_POD_PASS_CT, bytes);
     }
     let verdict = match endpoint(flow.family, &flow.src) {
-        Some(initiator) => check_from_pod(&flow, &initiator),
-        // The flow came in from outside the node to this pod: only the
-        // pod's ingress applies.
-        None => check_ingress(&flow, &src, &TO_POD_INGRESS),
+        Some(initiator) => check_from_pod(&flow, &initiator, &FROM_POD_REASONS),
+        // A stale reply of a flow that came from outside the node to this
+        // pod: only the pod's ingress applies.
+        None => check_ingress(&flow, &src, &FROM_POD_REASONS),
     };
     match verdict {
         Ok(reason) => {
-            ct::allow(&flow, revision);
+            ct::allow(&flow, revision, &tracked);
             finish(reason, bytes)
         }
         Err(reason) => {
@@ -112,14 +131,20 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
 pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
     pull_headers(ctx);
     let bytes = ctx.len() as u64;
+    let (enforce, revision) = policy_config();
     let packet = match parse_frame(ctx.data(), ctx.data_end()) {
         Parsed::Ip(packet) => packet,
         Parsed::NotIp => return finish(Reason::TO_POD_PASS_NOT_IP, bytes),
+        Parsed::ExtChainTooLong if enforce => {
+            return finish(Reason::TO_POD_DROP_IPV6_EXT_CHAIN, bytes)
+        }
         Parsed::Malformed | Parsed::ExtChainTooLong => {
             return finish(Reason::TO_POD_MALFORMED, bytes)
         }
     };
-    let (enforce, revision) = policy_config();
+    if is_neighbor_discovery(&packet) {
+        return finish(Reason::TO_POD_PASS_NEIGHBOR_DISCOVERY, bytes);
+    }
     if !enforce {
         return finish(Reason::TO_POD_PASS, bytes);
     }
@@ -129,31 +154,25 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
         return finish(Reason::TO_POD_PASS, bytes);
     };
     let mut flow = ct::forward_key(&packet);
-    if let Tracked::Current = ct::lookup(&mut flow, revision) {
+    let tracked = ct::lookup(&mut flow, revision);
+    if let Tracked::Current = tracked {
         return finish(Reason::TO_POD_PASS_CT, bytes);
     }
     let verdict = match endpoint(flow.family, &flow.dst) {
         // A flow into a local pod (this one, or a stale reply's target).
-        Some(target) => check_ingress(&flow, &target, &TO_POD_INGRESS),
-        // A reply to a flow this pod started towards the outside: judged by
-        // this pod's egress.
-        None => check_from_pod(&flow, &dst),
+        Some(target) => check_ingress(&flow, &target, &TO_POD_REASONS),
+        // A stale reply of a flow this pod started towards the outside:
+        // judged by this pod's egress.
+        None => check_from_pod(&flow, &dst, &TO_POD_REASONS),
     };
     match verdict {
         Ok(reason) => {
-            ct::allow(&flow, revision);
+            ct::allow(&flow, revision, &tracked);
             finish(reason, bytes)
         }
         Err(reason) => {
             ct::forget(&flow);
-            finish(
-                if reason.is_drop() {
-                    reason
-                } else {
-                    Reason::TO_POD_DROP_INGRESS_POLICY
-                },
-                bytes,
-            )
+            finish(reason, bytes)
         }
     }
 }

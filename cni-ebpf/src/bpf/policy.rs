@@ -141,63 +141,78 @@ pub fn report_drop(
     slot.submit(0);
 }
 
+/// The reasons a check counts and reports, by the program running it: a
+/// stale reply is judged as the flow it answers, possibly in the other
+/// program, and is counted in that program's own terms.
+pub struct Reasons {
+    /// The endpoint's policy is not programmed.
+    pub not_programmed: Reason,
+    /// The source's egress policy denies the flow.
+    pub egress_denied: Reason,
+    /// The destination's ingress policy denies the flow.
+    pub ingress_denied: Reason,
+    /// Allowed by policy (or no isolation).
+    pub pass: Reason,
+    /// Allowed because it comes from the node (ALLOW_HOST).
+    pub pass_host: Reason,
+}
+
+/// Checks run in `from_pod`.
+pub const FROM_POD_REASONS: Reasons = Reasons {
+    not_programmed: Reason::FROM_POD_DROP_NOT_PROGRAMMED,
+    egress_denied: Reason::FROM_POD_DROP_EGRESS_POLICY,
+    ingress_denied: Reason::FROM_POD_DROP_INGRESS_POLICY,
+    pass: Reason::FROM_POD_PASS_POLICY,
+    pass_host: Reason::FROM_POD_PASS_POLICY,
+};
+
+/// Checks run in `to_pod`.
+pub const TO_POD_REASONS: Reasons = Reasons {
+    not_programmed: Reason::TO_POD_DROP_NOT_PROGRAMMED,
+    egress_denied: Reason::TO_POD_DROP_EGRESS_POLICY,
+    ingress_denied: Reason::TO_POD_DROP_INGRESS_POLICY,
+    pass: Reason::TO_POD_PASS_POLICY,
+    pass_host: Reason::TO_POD_PASS_HOST,
+};
+
 /// Egress of a local source endpoint, then ingress of a local destination
 /// endpoint: the verdict for a new flow leaving a pod. `Ok` carries the
 /// pass reason, `Err` the drop reason (already reported).
 #[inline(always)]
-pub fn check_from_pod(flow: &Flow, src: &EndpointInfo) -> Result<Reason, Reason> {
+pub fn check_from_pod(
+    flow: &Flow,
+    src: &EndpointInfo,
+    reasons: &Reasons,
+) -> Result<Reason, Reason> {
+    use cni_ebpf_common::policy::{POLICY_F_EGRESS_ISOLATED, POLICY_F_PROGRAMMED};
     let Some(src_state) = state(src.endpoint_id) else {
-        return Err(Reason::FROM_POD_DROP_NOT_PROGRAMMED);
+        return Err(reasons.not_programmed);
     };
-    if src_state.flags & cni_ebpf_common::policy::POLICY_F_PROGRAMMED == 0 {
-        return Err(Reason::FROM_POD_DROP_NOT_PROGRAMMED);
+    if src_state.flags & POLICY_F_PROGRAMMED == 0 {
+        return Err(reasons.not_programmed);
     }
-    if src_state.flags & cni_ebpf_common::policy::POLICY_F_EGRESS_ISOLATED != 0 {
+    if src_state.flags & POLICY_F_EGRESS_ISOLATED != 0 {
         let peer = identity(flow.family, &flow.dst);
         if !allows(src.endpoint_id, DIRECTION_EGRESS, peer, flow) {
             report_drop(
                 flow,
                 DIRECTION_EGRESS,
-                Reason::FROM_POD_DROP_EGRESS_POLICY,
+                reasons.egress_denied,
                 src.endpoint_id,
                 peer,
             );
-            return Err(Reason::FROM_POD_DROP_EGRESS_POLICY);
+            return Err(reasons.egress_denied);
         }
     }
     if let Some(dst) = endpoint(flow.family, &flow.dst) {
-        check_ingress(flow, &dst, &FROM_POD_INGRESS)?;
+        check_ingress(flow, &dst, reasons)?;
     }
-    Ok(Reason::FROM_POD_PASS_POLICY)
+    Ok(reasons.pass)
 }
-
-/// The reasons an ingress check reports, by where it runs.
-pub struct IngressReasons {
-    /// The destination's policy is not programmed.
-    pub not_programmed: Reason,
-    /// The destination's ingress policy denies the flow.
-    pub denied: Reason,
-}
-
-/// Ingress checked in `from_pod` (pod to local pod).
-pub const FROM_POD_INGRESS: IngressReasons = IngressReasons {
-    not_programmed: Reason::FROM_POD_DROP_NOT_PROGRAMMED,
-    denied: Reason::FROM_POD_DROP_INGRESS_POLICY,
-};
-
-/// Ingress checked in `to_pod` (from the stack or the overlay).
-pub const TO_POD_INGRESS: IngressReasons = IngressReasons {
-    not_programmed: Reason::TO_POD_DROP_NOT_PROGRAMMED,
-    denied: Reason::TO_POD_DROP_INGRESS_POLICY,
-};
 
 /// Ingress of a local destination endpoint for a new flow.
 #[inline(always)]
-pub fn check_ingress(
-    flow: &Flow,
-    dst: &EndpointInfo,
-    reasons: &IngressReasons,
-) -> Result<Reason, Reason> {
+pub fn check_ingress(flow: &Flow, dst: &EndpointInfo, reasons: &Reasons) -> Result<Reason, Reason> {
     use cni_ebpf_common::policy::{
         IDENTITY_HOST, POLICY_F_ALLOW_HOST, POLICY_F_INGRESS_ISOLATED, POLICY_F_PROGRAMMED,
     };
@@ -209,7 +224,7 @@ pub fn check_ingress(
     }
     let peer = identity(flow.family, &flow.src);
     if peer == IDENTITY_HOST && dst_state.flags & POLICY_F_ALLOW_HOST != 0 {
-        return Ok(Reason::TO_POD_PASS_HOST);
+        return Ok(reasons.pass_host);
     }
     if dst_state.flags & POLICY_F_INGRESS_ISOLATED != 0
         && !allows(dst.endpoint_id, DIRECTION_INGRESS, peer, flow)
@@ -217,11 +232,11 @@ pub fn check_ingress(
         report_drop(
             flow,
             DIRECTION_INGRESS,
-            reasons.denied,
+            reasons.ingress_denied,
             dst.endpoint_id,
             peer,
         );
-        return Err(reasons.denied);
+        return Err(reasons.ingress_denied);
     }
-    Ok(Reason::TO_POD_PASS_POLICY)
+    Ok(reasons.pass)
 }
