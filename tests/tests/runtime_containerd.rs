@@ -3,9 +3,11 @@
 //! CNI_ARGS), the sandbox reachable at the IP PodSandboxStatus reports,
 //! StopPodSandbox (DEL with the cached result) and RemovePodSandbox (a
 //! second DEL, the netns already gone), then nothing left. The plugin under
-//! test is a parameter: the reference `bridge` plugin runs today; the same
-//! scenario with `"type": "sluice"` (and an agent in the node netns) is
-//! ready, ignored until Sluice's ADD works.
+//! test is a parameter: the reference `bridge` plugin, and the same network
+//! with `"type": "sluice"` (and an agent in the node netns), where the
+//! sandbox's datapath (TCX link pins on its host veth, `ENDPOINTS` entries)
+//! is checked while it runs and must be gone, with the state records, after
+//! the first DEL and still after the second.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -95,6 +97,11 @@ fn sandbox_lifecycle(network: Network, sluice: Option<&Sluice>) {
         "ADD's result lacks {ip}: {}",
         add.stdout
     );
+    if let Some(sluice) = sluice {
+        sluice
+            .check_attached(containerd.network(), add)
+            .expect("the sandbox's datapath");
+    }
 
     containerd.stop_pod_sandbox(&id).expect("StopPodSandbox");
     assert!(
@@ -116,6 +123,11 @@ fn sandbox_lifecycle(network: Network, sluice: Option<&Sluice>) {
         "DEL at stop has no prevResult matching ADD's result:\n{}",
         summarize(&calls)
     );
+    if let Some(sluice) = sluice {
+        sluice
+            .check_detached()
+            .expect("nothing of sluice left after the DEL at stop");
+    }
 
     containerd
         .remove_pod_sandbox(&id)
@@ -150,8 +162,9 @@ fn sandbox_lifecycle(network: Network, sluice: Option<&Sluice>) {
     )
     .expect("nothing left after RemovePodSandbox");
     if let Some(sluice) = sluice {
-        let left = sluice.attachments();
-        assert!(left.is_empty(), "sluice state left after DEL: {left:?}");
+        sluice
+            .check_detached()
+            .expect("nothing of sluice left after the second DEL");
     }
     drop(agent);
     drop(containerd);
@@ -174,7 +187,6 @@ fn containerd_cri_sandbox_lifecycle_over_reference_bridge() {
 }
 
 #[test]
-#[ignore = "needs the sluice plugin's ADD, being written: delete this line once it works"]
 fn containerd_cri_sandbox_lifecycle_over_sluice() {
     require_root("containerd_cri_sandbox_lifecycle_over_sluice");
     let sluice = Sluice::new().expect("sluice pin and state dirs");

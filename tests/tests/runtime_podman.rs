@@ -1,9 +1,10 @@
 //! podman with its CNI backend as a real runtime: two busybox containers on
 //! one network, one serving HTTP, the other fetching from it, then nothing
 //! left once both are gone. The plugin under test is a parameter: the
-//! reference `bridge` plugin runs today; the same scenario with `"type":
-//! "sluice"` (and an agent in the node netns) is ready, ignored until
-//! Sluice's ADD works.
+//! reference `bridge` plugin, and the same network with `"type": "sluice"`
+//! (and an agent in the node netns), where the server's datapath (TCX
+//! link pins on its host veth, `ENDPOINTS` entries) is checked while it
+//! runs and must be gone, with the state records, afterwards.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,16 @@ fn two_containers_talk(network: Network, sluice: Option<&Sluice>) {
         "the server got {server_ip}, outside {}",
         podman.network().subnet
     );
+    if let Some(sluice) = sluice {
+        let calls = podman.calls().expect("the CNI call log");
+        let add = calls_of(&calls, "ADD")
+            .into_iter()
+            .find(|a| a.cni_args().get("K8S_POD_NAME").map(String::as_str) == Some("server"))
+            .unwrap_or_else(|| panic!("no ADD for the server:\n{}", summarize(&calls)));
+        sluice
+            .check_attached(podman.network(), add)
+            .expect("the server's datapath");
+    }
 
     // The client: fetches from the server's address (retrying while httpd
     // starts), in the foreground with --rm. `timeout 3 wget`, not `wget -T`:
@@ -113,8 +124,9 @@ fn two_containers_talk(network: Network, sluice: Option<&Sluice>) {
     )
     .expect("nothing left after --rm");
     if let Some(sluice) = sluice {
-        let left = sluice.attachments();
-        assert!(left.is_empty(), "sluice state left after DEL: {left:?}");
+        sluice
+            .check_detached()
+            .expect("nothing of sluice left after DEL");
     }
     drop(agent);
     drop(podman);
@@ -137,7 +149,6 @@ fn podman_busybox_containers_reach_each_other_over_reference_bridge() {
 }
 
 #[test]
-#[ignore = "needs the sluice plugin's ADD, being written: delete this line once it works"]
 fn podman_busybox_containers_reach_each_other_over_sluice() {
     require_root("podman_busybox_containers_reach_each_other_over_sluice");
     let sluice = Sluice::new().expect("sluice pin and state dirs");

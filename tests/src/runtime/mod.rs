@@ -17,10 +17,12 @@
 //! machine.
 //!
 //! The plugin under test is a parameter, [`Network`]:
-//! [`Network::reference_bridge`] (Debian's `bridge` + `host-local`, works
-//! today) or [`Network::sluice_bridge`] (the same network with
-//! `"type": "sluice"`), most easily through [`Sluice`], which also makes
-//! the pin and state dirs and starts the agent in the node netns.
+//! [`Network::reference_bridge`] (Debian's `bridge` + `host-local`) or
+//! [`Network::sluice_bridge`] (the same network with `"type": "sluice"`),
+//! most easily through [`Sluice`], which also makes the pin and state dirs,
+//! starts the agent in the node netns, and checks the datapath Sluice
+//! attached while a pod lives ([`Sluice::check_attached`]) and that none of
+//! it is left afterwards ([`Sluice::check_detached`]).
 
 pub mod containerd;
 pub mod podman;
@@ -92,6 +94,25 @@ pub struct SluicePaths {
     pub log_file: Option<PathBuf>,
 }
 
+impl SluicePaths {
+    /// Adds these paths to a plugin config: `bpffsDir`, `stateDir`,
+    /// `agentSocket` (or `waitForPolicy: false` without one), and
+    /// `logFile` with `logLevel: debug`. The reference bridge plugin
+    /// ignores these keys, so a conflist with them serves both plugins.
+    pub fn apply(&self, conf: &mut Value) {
+        conf["bpffsDir"] = json!(self.bpffs_dir);
+        conf["stateDir"] = json!(self.state_dir);
+        match &self.agent_socket {
+            Some(socket) => conf["agentSocket"] = json!(socket),
+            None => conf["waitForPolicy"] = json!(false),
+        }
+        if let Some(log) = &self.log_file {
+            conf["logFile"] = json!(log);
+            conf["logLevel"] = json!("debug");
+        }
+    }
+}
+
 impl Network {
     /// The bridge network with Debian's reference plugins: `bridge`
     /// (`isGateway`, a bridge `cni-<6 hex>`) and `host-local` IPAM on
@@ -124,18 +145,9 @@ impl Network {
             "type": "sluice",
             "bridge": bridge,
             "isGateway": true,
-            "bpffsDir": paths.bpffs_dir,
-            "stateDir": paths.state_dir,
             "ipam": Self::host_local(subnet),
         });
-        match &paths.agent_socket {
-            Some(socket) => conf["agentSocket"] = json!(socket),
-            None => conf["waitForPolicy"] = json!(false),
-        }
-        if let Some(log) = &paths.log_file {
-            conf["logFile"] = json!(log);
-            conf["logLevel"] = json!("debug");
-        }
+        paths.apply(&mut conf);
         Ok(Self {
             plugin_conf: conf,
             name,
@@ -240,6 +252,112 @@ impl Sluice {
         let mut all = Vec::new();
         collect_files(&self.paths().state_dir, &mut all);
         all
+    }
+
+    /// The TCX link pins the plugin made (`links/tcx-<host veth>-ingress`
+    /// and `-egress`, one pair per attached veth): none must be left after
+    /// DEL.
+    pub fn tcx_link_pins(&self) -> Vec<String> {
+        let dir = self.bpffs.path().join(cni_ebpf_common::maps::LINKS_DIR);
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(cni_ebpf_common::maps::TCX_LINK_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The pins of the programs on `host_veth` (ingress, egress).
+    pub fn tcx_pins_of(host_veth: &str) -> [String; 2] {
+        use cni_ebpf_common::maps::{TCX_EGRESS_SUFFIX, TCX_INGRESS_SUFFIX, TCX_LINK_PREFIX};
+        [
+            format!("{TCX_LINK_PREFIX}{host_veth}{TCX_INGRESS_SUFFIX}"),
+            format!("{TCX_LINK_PREFIX}{host_veth}{TCX_EGRESS_SUFFIX}"),
+        ]
+    }
+
+    /// The addresses in the pinned `ENDPOINTS` map (none when it is not
+    /// pinned): one per pod address while the pod is attached.
+    pub fn endpoint_addrs(&self) -> anyhow::Result<Vec<IpAddr>> {
+        use aya::maps::{HashMap, Map, MapData};
+        use cni_ebpf_common::{EndpointInfo, EndpointKey};
+        let pin = self
+            .bpffs
+            .path()
+            .join(cni_ebpf_common::maps::MAPS_DIR)
+            .join(cni_ebpf_common::maps::ENDPOINTS);
+        if !pin.exists() {
+            return Ok(Vec::new());
+        }
+        let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        let map: HashMap<MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(Map::from_map_data(data)?)?;
+        let mut addrs = Vec::new();
+        for entry in map.iter() {
+            let (key, _) = entry?;
+            addrs.push(if key.family == cni_ebpf_common::prefilter::FAMILY_IPV6 {
+                IpAddr::from(key.addr)
+            } else {
+                IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+            });
+        }
+        addrs.sort();
+        Ok(addrs)
+    }
+
+    /// Fails unless the datapath of the pod `add` created is in place: the
+    /// programs attached to its host veth (both link pins), and an
+    /// `ENDPOINTS` entry for each of its addresses.
+    pub fn check_attached(&self, network: &Network, add: &CniCall) -> anyhow::Result<()> {
+        let hosts: Vec<String> = add
+            .result_host_interfaces()
+            .into_iter()
+            .filter(|i| *i != network.bridge)
+            .collect();
+        let [host] = hosts.as_slice() else {
+            bail!(
+                "expected one host veth besides the bridge in the ADD result, got {hosts:?}: {}",
+                add.stdout
+            );
+        };
+        let pins = self.tcx_link_pins();
+        for pin in Self::tcx_pins_of(host) {
+            if !pins.contains(&pin) {
+                bail!("no link pin {pin} for the pod's host veth; pins: {pins:?}");
+            }
+        }
+        let endpoints = self.endpoint_addrs()?;
+        for ip in add.result_ips() {
+            if !endpoints.contains(&ip.addr()) {
+                bail!(
+                    "no ENDPOINTS entry for the pod's {}; entries: {endpoints:?}",
+                    ip.addr()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails, listing them, when attachments, link pins or `ENDPOINTS`
+    /// entries are left (after every pod's DEL).
+    pub fn check_detached(&self) -> anyhow::Result<()> {
+        let mut left = Vec::new();
+        for file in self.attachments() {
+            left.push(format!("state record {}", file.display()));
+        }
+        for pin in self.tcx_link_pins() {
+            left.push(format!("link pin {pin}"));
+        }
+        for addr in self.endpoint_addrs()? {
+            left.push(format!("ENDPOINTS entry {addr}"));
+        }
+        if !left.is_empty() {
+            bail!("sluice left behind:\n  {}", left.join("\n  "));
+        }
+        Ok(())
     }
 
     /// What the plugin logged so far.
