@@ -12,10 +12,15 @@
 //! - [`datapath`]: the datapath loaded into a pin directory of the test's
 //!   own, map writes, program runs, counters and drop events.
 //! - [`world`]: ready-made topologies ([`TwoHosts`]).
+//! - [`runtime`]: real container runtimes (podman, containerd) calling a
+//!   CNI plugin.
+//! - [`cni`]: CNI plugins and conflists run by hand, the way libcni runs
+//!   them.
 //!
 //! Everything here needs root; [`require_root`] says so plainly.
 
 pub mod agent;
+pub mod cni;
 pub mod datapath;
 pub mod frames;
 pub mod link;
