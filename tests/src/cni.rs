@@ -323,7 +323,8 @@ impl Chain {
             .result()
     }
 
-    /// CHECK: every plugin in order, each with the cached result.
+    /// CHECK: every plugin in order, each with the cached result; fails at
+    /// the first failing plugin, as libcni does.
     pub fn check(
         &self,
         node: &Netns,
@@ -339,6 +340,24 @@ impl Chain {
             runs.push(run);
         }
         Ok(runs)
+    }
+
+    /// CHECK of every plugin, in order, each with the cached result, going
+    /// on past failures: every outcome, for a caller that judges each
+    /// plugin on its own (e.g. to tell a reference plugin's known bug from
+    /// a failure of the plugin under test).
+    pub fn check_each(
+        &self,
+        node: &Netns,
+        rt: &RuntimeConf,
+        cached: &Value,
+    ) -> anyhow::Result<Vec<Outcome>> {
+        (0..self.plugins().len())
+            .map(|index| {
+                let conf = self.plugin_conf(index, rt, Some(cached));
+                exec_plugin(node, "CHECK", rt, &conf)
+            })
+            .collect()
     }
 
     /// DEL: every plugin in reverse order, each with the cached result
@@ -398,10 +417,16 @@ pub fn iptables_save(ns: &Netns) -> anyhow::Result<String> {
     run_in(ns, "iptables-save", &[])
 }
 
-/// The rules (`-A ...` lines) of `iptables-save` inside `ns` that mention
-/// `needle`.
+/// `ip6tables-save` (every table) inside `ns`.
+pub fn ip6tables_save(ns: &Netns) -> anyhow::Result<String> {
+    run_in(ns, "ip6tables-save", &[])
+}
+
+/// The rules and chains (`-A ...` and `:CHAIN ...` lines) of
+/// `iptables-save` and `ip6tables-save` inside `ns` that mention `needle`.
 pub fn iptables_rules_with(ns: &Netns, needle: &str) -> anyhow::Result<Vec<String>> {
-    Ok(iptables_save(ns)?
+    let text = iptables_save(ns)? + &ip6tables_save(ns)?;
+    Ok(text
         .lines()
         .filter(|l| (l.starts_with("-A ") || l.starts_with(':')) && l.contains(needle))
         .map(str::to_owned)

@@ -230,8 +230,9 @@ fn global_addrs(link: &Value) -> BTreeSet<String> {
 /// of `protocol` decides: dst, gateway, dev, scope, type. The kernel's own
 /// IPv6 link-local and multicast routes are left out by the caller.
 /// `protocol` differs and is left out on purpose: the reference plugin's
-/// netlink library marks routes `boot` (RTPROT_BOOT, its default), which
-/// says nothing about the pod's connectivity.
+/// netlink library leaves routes at `boot` (RTPROT_BOOT, which `ip -j`
+/// prints as no protocol), Sluice marks its routes `static`
+/// (RTPROT_STATIC); that says nothing about the pod's connectivity.
 fn route_shape(route: &Value) -> Value {
     json!({
         "dst": route["dst"],
