@@ -53,8 +53,8 @@ use serde::Serialize;
 use super::{
     identity::{IdentitiesExhausted, IdentityKey, IdentityTable, NamedPort, PrefixSet},
     model::{
-        Cluster, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ObjectKey, Pod, PortValue,
-        Protocol,
+        Cluster, IpBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ObjectKey, Pod,
+        PortValue, Protocol,
     },
     ports::{self, PortRange},
     selector::{LabelSelector, Labels},
@@ -444,18 +444,64 @@ fn default_routes() -> [IpNet; 2] {
     ]
 }
 
+/// A set of identities: bits over the dense numbering of [`World::ids`].
+///
+/// Rules are unions of peer sets, and many rules share large peer sets
+/// (`namespaceSelector: {}`); bit operations keep a compile linear in
+/// rules × identities / 64 instead of rules × identities map inserts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct IdSet(Vec<u64>);
+
+impl IdSet {
+    fn empty(n: usize) -> Self {
+        IdSet(vec![0; n.div_ceil(64)])
+    }
+
+    fn insert(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn union_with(&mut self, other: &IdSet) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(w, &word)| bits(word).map(move |b| w * 64 + b))
+    }
+}
+
+/// The set bits of a word, lowest first.
+fn bits(mut word: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if word == 0 {
+            return None;
+        }
+        let b = word.trailing_zeros() as usize;
+        word &= word - 1;
+        Some(b)
+    })
+}
+
 /// A pod class as selectors see it.
 struct PodClass<'a> {
-    id: u32,
+    dense: usize,
     labels: &'a Labels,
-    position: Option<IpNet>,
-    named_ports: &'a [NamedPort],
 }
 
 /// A rule's peers.
+#[derive(Clone)]
 enum Peers {
     Any,
-    Ids(Vec<u32>),
+    Ids(IdSet),
 }
 
 /// (namespace scope, namespace selector, pod selector) of a peer.
@@ -467,29 +513,40 @@ type SelectKey<'a> = (
 
 /// Everything about the cluster that does not depend on the endpoint.
 struct World<'a> {
+    /// Identity numbers by dense index; index 0 is `IDENTITY_HOST`.
+    ids: Vec<u32>,
+    /// Named-port resolutions by dense index (empty for non-pods).
+    named: Vec<&'a [NamedPort]>,
     /// Pod classes by namespace.
     pods_by_ns: BTreeMap<&'a str, Vec<PodClass<'a>>>,
     /// Namespace labels by namespace (every namespace with pods or known).
     ns_labels: BTreeMap<&'a str, Cow<'a, Labels>>,
-    /// CIDR classes.
-    cidrs: Vec<(u32, IpNet)>,
+    /// Per ipBlock prefix: the classes positioned there (its CIDR class
+    /// and the pod classes whose longest match it is).
+    positions: Vec<(IpNet, IdSet)>,
     node_ips: &'a [IpAddr],
-    /// Named-port resolutions by pod identity.
-    named: HashMap<u32, &'a [NamedPort]>,
-    /// Selector results: (namespace scope, namespace selector, pod selector).
-    cache: HashMap<SelectKey<'a>, Vec<u32>>,
+    select_cache: HashMap<SelectKey<'a>, IdSet>,
+    block_cache: HashMap<&'a IpBlock, IdSet>,
+    /// Egress named ports by (rule, port entry): (number, peers) pairs.
+    named_cache: HashMap<(u32, usize), Vec<(u16, Peers)>>,
 }
 
+const HOST_DENSE: usize = 0;
+
 impl<'a> World<'a> {
+    fn n(&self) -> usize {
+        self.ids.len()
+    }
+
     fn select(
         &mut self,
         scope: Option<&'a str>,
         ns_sel: Option<&'a LabelSelector>,
         pod_sel: Option<&'a LabelSelector>,
-    ) -> &[u32] {
+    ) -> &IdSet {
         let key = (scope, ns_sel, pod_sel);
-        if !self.cache.contains_key(&key) {
-            let mut ids = Vec::new();
+        if !self.select_cache.contains_key(&key) {
+            let mut set = IdSet::empty(self.n());
             for (ns, classes) in &self.pods_by_ns {
                 let ns_ok = match (scope, ns_sel) {
                     (Some(scope), _) => *ns == scope,
@@ -499,100 +556,162 @@ impl<'a> World<'a> {
                 if !ns_ok {
                     continue;
                 }
-                ids.extend(
-                    classes
-                        .iter()
-                        .filter(|c| pod_sel.is_none_or(|s| s.matches(c.labels)))
-                        .map(|c| c.id),
-                );
+                for c in classes {
+                    if pod_sel.is_none_or(|s| s.matches(c.labels)) {
+                        set.insert(c.dense);
+                    }
+                }
             }
-            self.cache.insert(key, ids);
+            self.select_cache.insert(key, set);
         }
-        &self.cache[&key]
+        &self.select_cache[&key]
+    }
+
+    fn block(&mut self, block: &'a IpBlock) -> &IdSet {
+        if !self.block_cache.contains_key(block) {
+            let mut set = IdSet::empty(self.n());
+            for (p, classes) in &self.positions {
+                if block.covers(p) {
+                    set.union_with(classes);
+                }
+            }
+            if self.node_ips.iter().any(|ip| block.contains(*ip)) {
+                set.insert(HOST_DENSE);
+            }
+            self.block_cache.insert(block, set);
+        }
+        &self.block_cache[block]
     }
 
     fn peers(&mut self, policy_ns: &'a str, peers: &'a [NetworkPolicyPeer]) -> Peers {
         if peers.is_empty() {
             return Peers::Any;
         }
-        let mut ids = BTreeSet::new();
+        let mut set = IdSet::empty(self.n());
         for peer in peers {
             if let Some(block) = &peer.ip_block {
-                ids.extend(
-                    self.cidrs
-                        .iter()
-                        .filter(|(_, p)| block.covers(p))
-                        .map(|(id, _)| *id),
-                );
-                for classes in self.pods_by_ns.values() {
-                    ids.extend(
-                        classes
-                            .iter()
-                            .filter(|c| c.position.is_some_and(|p| block.covers(&p)))
-                            .map(|c| c.id),
-                    );
-                }
-                if self.node_ips.iter().any(|ip| block.contains(*ip)) {
-                    ids.insert(IDENTITY_HOST);
-                }
+                set.union_with(self.block(block));
                 continue;
             }
             let (scope, ns_sel) = match &peer.namespace_selector {
                 None => (Some(policy_ns), None),
                 Some(sel) => (None, Some(sel)),
             };
-            ids.extend(
-                self.select(scope, ns_sel, peer.pod_selector.as_ref())
-                    .iter()
-                    .copied(),
-            );
+            set.union_with(self.select(scope, ns_sel, peer.pod_selector.as_ref()));
         }
-        Peers::Ids(ids.into_iter().collect())
+        Peers::Ids(set)
     }
 
-    fn named_ports(&self, id: u32) -> &'a [NamedPort] {
-        self.named.get(&id).copied().unwrap_or_default()
+    /// An egress named port resolved on each peer: the peers per number.
+    fn named_egress(
+        &mut self,
+        key: (u32, usize),
+        peers: &Peers,
+        name: &str,
+        protocol: Protocol,
+    ) -> &[(u16, Peers)] {
+        if !self.named_cache.contains_key(&key) {
+            let n = self.n();
+            let mut by_number: BTreeMap<u16, IdSet> = BTreeMap::new();
+            let mut add = |i: usize| {
+                for np in self.named[i] {
+                    if np.name == name && np.protocol == protocol {
+                        by_number
+                            .entry(np.port)
+                            .or_insert_with(|| IdSet::empty(n))
+                            .insert(i);
+                    }
+                }
+            };
+            match peers {
+                Peers::Any => (0..n).for_each(&mut add),
+                Peers::Ids(set) => set.iter().for_each(&mut add),
+            }
+            let resolved = by_number
+                .into_iter()
+                .map(|(port, set)| (port, Peers::Ids(set)))
+                .collect();
+            self.named_cache.insert(key, resolved);
+        }
+        &self.named_cache[&key]
+    }
+}
+
+/// The peers allowed for one (direction, protocol, port), each with the
+/// first rule that allowed it.
+struct Target {
+    any: Option<u32>,
+    set: IdSet,
+    first: Vec<(usize, u32)>,
+}
+
+impl Target {
+    fn new(n: usize) -> Self {
+        Self {
+            any: None,
+            set: IdSet::empty(n),
+            first: Vec::new(),
+        }
     }
 
-    fn all_pod_ids(&self) -> impl Iterator<Item = (u32, &'a [NamedPort])> + '_ {
-        self.pods_by_ns
-            .values()
-            .flatten()
-            .map(|c| (c.id, c.named_ports))
+    fn add(&mut self, peers: &Peers, rule: u32) {
+        match peers {
+            Peers::Any => {
+                self.any.get_or_insert(rule);
+            }
+            Peers::Ids(ids) => {
+                for (w, (mine, theirs)) in self.set.0.iter_mut().zip(&ids.0).enumerate() {
+                    let new = theirs & !*mine;
+                    if new != 0 {
+                        *mine |= new;
+                        self.first.extend(bits(new).map(|b| (w * 64 + b, rule)));
+                    }
+                }
+            }
+        }
     }
 }
 
 /// Entries of one endpoint while they are collected.
-#[derive(Default)]
 struct Acc {
-    entries: BTreeMap<EntryKey, u32>,
-    ranges: BTreeMap<EntryKey, Vec<PortRange>>,
+    n: usize,
+    /// By (direction, protocol, port).
+    exact: BTreeMap<(Direction, u8, u16), Target>,
+    /// By (direction, protocol, first port, last port).
+    ranges: BTreeMap<(Direction, u8, u16, u16), Target>,
 }
 
 impl Acc {
-    fn allow(&mut self, d: Direction, id: u32, protocol: u8, port: u16, rule: u32) {
-        self.entries
-            .entry(EntryKey::new(d, id, protocol, port))
-            .or_insert(rule);
+    fn new(n: usize) -> Self {
+        Self {
+            n,
+            exact: BTreeMap::new(),
+            ranges: BTreeMap::new(),
+        }
+    }
+
+    fn allow(&mut self, d: Direction, protocol: u8, port: u16, peers: &Peers, rule: u32) {
+        let n = self.n;
+        self.exact
+            .entry((d, protocol, port))
+            .or_insert_with(|| Target::new(n))
+            .add(peers, rule);
     }
 
     fn allow_range(
         &mut self,
         d: Direction,
-        id: u32,
         protocol: u8,
         first: u16,
         last: u16,
+        peers: &Peers,
         rule: u32,
     ) {
+        let n = self.n;
         self.ranges
-            .entry(EntryKey::new(d, id, protocol, PORT_ANY))
-            .or_default()
-            .push(PortRange {
-                first,
-                last,
-                rule_index: rule,
-            });
+            .entry((d, protocol, first, last))
+            .or_insert_with(|| Target::new(n))
+            .add(peers, rule);
     }
 }
 
@@ -728,6 +847,19 @@ pub fn compile(
     for ip in &node_ips {
         ipcache.insert(host_net(*ip), IDENTITY_HOST);
     }
+    // Dense numbering for the bit sets: host, then every class.
+    let mut ids = vec![IDENTITY_HOST];
+    let mut named: Vec<&[NamedPort]> = vec![&[]];
+    let mut by_position: BTreeMap<IpNet, IdSet> = BTreeMap::new();
+    let n = 1 + pod_classes.len() + cidrs.len();
+    for &(id, prefix) in &cidrs {
+        by_position
+            .entry(prefix)
+            .or_insert_with(|| IdSet::empty(n))
+            .insert(ids.len());
+        ids.push(id);
+        named.push(&[]);
+    }
     let mut pods_by_ns: BTreeMap<&str, Vec<PodClass<'_>>> = BTreeMap::new();
     for (key, ips) in &pod_classes {
         let id = id_of(key);
@@ -742,54 +874,33 @@ pub fn compile(
             ..
         } = key
         {
-            pods_by_ns.entry(namespace).or_default().push(PodClass {
-                id,
-                labels,
-                position: *position,
-                named_ports,
-            });
+            let dense = ids.len();
+            ids.push(id);
+            named.push(named_ports);
+            if let Some(p) = position {
+                by_position
+                    .entry(*p)
+                    .or_insert_with(|| IdSet::empty(n))
+                    .insert(dense);
+            }
+            pods_by_ns
+                .entry(namespace)
+                .or_default()
+                .push(PodClass { dense, labels });
         }
     }
 
-    // The rule table.
-    let mut rules = Vec::new();
-    let mut first_rule = Vec::with_capacity(policies.len());
-    for p in &policies {
-        first_rule.push(rules.len() as u32 + 1);
-        for (i, r) in p.spec.ingress.iter().enumerate() {
-            rules.push(RuleInfo {
-                policy: p.key(),
-                direction: Direction::Ingress,
-                rule: i,
-                peers: describe_peers(&r.from),
-                ports: describe_ports(&r.ports),
-            });
-        }
-        for (i, r) in p.spec.egress.iter().enumerate() {
-            rules.push(RuleInfo {
-                policy: p.key(),
-                direction: Direction::Egress,
-                rule: i,
-                peers: describe_peers(&r.to),
-                ports: describe_ports(&r.ports),
-            });
-        }
-    }
-
-    let named = pods_by_ns
-        .values()
-        .flatten()
-        .map(|c| (c.id, c.named_ports))
-        .collect();
     let mut world = World {
+        ids,
         named,
         pods_by_ns,
         ns_labels,
-        cidrs,
+        positions: by_position.into_iter().collect(),
         node_ips: &options.node_ips,
-        cache: HashMap::new(),
+        select_cache: HashMap::new(),
+        block_cache: HashMap::new(),
+        named_cache: HashMap::new(),
     };
-    let mut peer_cache: HashMap<u32, Peers> = HashMap::new();
     let mut policies_by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, p) in policies.iter().enumerate() {
         policies_by_ns
@@ -798,8 +909,61 @@ pub fn compile(
             .push(i);
     }
 
-    let mut out = BTreeMap::new();
+    // Which policies select which endpoint.
+    let mut selecting: Vec<Vec<usize>> = Vec::with_capacity(endpoints.len());
+    let mut used = vec![false; policies.len()];
     for ep in endpoints {
+        let mut these = Vec::new();
+        let pod = ep.pod.as_ref().and_then(|k| cluster.pod(k));
+        if let Some(pod) = pod.filter(|p| !p.spec.host_network) {
+            let ns = pod.metadata.namespace_or_default();
+            for &pi in policies_by_ns
+                .get(ns)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                if policies[pi].spec.pod_selector.matches(pod.labels()) {
+                    these.push(pi);
+                    used[pi] = true;
+                }
+            }
+        }
+        selecting.push(these);
+    }
+
+    // The rule table: the rules of every policy that selects a local
+    // endpoint (no other rule can be behind an entry), in policy order.
+    let mut rules = Vec::new();
+    let mut first_rule = vec![0u32; policies.len()];
+    for (pi, p) in policies.iter().enumerate() {
+        if !used[pi] {
+            continue;
+        }
+        first_rule[pi] = rules.len() as u32 + 1;
+        let key = p.key();
+        for (i, r) in p.spec.ingress.iter().enumerate() {
+            rules.push(RuleInfo {
+                policy: key.clone(),
+                direction: Direction::Ingress,
+                rule: i,
+                peers: describe_peers(&r.from),
+                ports: describe_ports(&r.ports),
+            });
+        }
+        for (i, r) in p.spec.egress.iter().enumerate() {
+            rules.push(RuleInfo {
+                policy: key.clone(),
+                direction: Direction::Egress,
+                rule: i,
+                peers: describe_peers(&r.to),
+                ports: describe_ports(&r.ports),
+            });
+        }
+    }
+
+    let mut peer_cache: Vec<Option<Peers>> = vec![None; rules.len() + 1];
+    let mut out = BTreeMap::new();
+    for (ep, selecting) in endpoints.iter().zip(&selecting) {
         let pod = ep.pod.as_ref().and_then(|k| cluster.pod(k));
         let status = match (&ep.pod, pod) {
             (None, _) => EndpointStatus::NoPod,
@@ -825,28 +989,18 @@ pub fn compile(
         if options.allow_host {
             policy.flags |= POLICY_F_ALLOW_HOST;
         }
-        let mut acc = Acc::default();
-        if let Some(pod) = pod.filter(|p| !p.spec.host_network) {
+        let mut acc = Acc::new(world.n());
+        if let Some(pod) = pod {
             let ns = pod.metadata.namespace_or_default();
-            for &pi in policies_by_ns
-                .get(ns)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
+            for &pi in selecting {
                 let p = policies[pi];
-                if !p.spec.pod_selector.matches(pod.labels()) {
-                    continue;
-                }
                 let mut rule_index = first_rule[pi];
                 if p.affects_ingress() {
                     policy.flags |= POLICY_F_INGRESS_ISOLATED;
                     policy.ingress_policies.push(p.key());
-                }
-                for r in &p.spec.ingress {
-                    if p.affects_ingress() {
-                        let peers = peer_cache
-                            .entry(rule_index)
-                            .or_insert_with(|| world.peers(ns, &r.from));
+                    for r in &p.spec.ingress {
+                        let peers = peer_cache[rule_index as usize]
+                            .get_or_insert_with(|| world.peers(ns, &r.from));
                         emit(
                             &mut acc,
                             Direction::Ingress,
@@ -854,18 +1008,19 @@ pub fn compile(
                             peers,
                             &r.ports,
                             pod,
-                            &world,
+                            &mut world,
                         );
+                        rule_index += 1;
                     }
-                    rule_index += 1;
+                } else {
+                    rule_index += p.spec.ingress.len() as u32;
                 }
                 if p.affects_egress() {
                     policy.flags |= POLICY_F_EGRESS_ISOLATED;
                     policy.egress_policies.push(p.key());
                     for r in &p.spec.egress {
-                        let peers = peer_cache
-                            .entry(rule_index)
-                            .or_insert_with(|| world.peers(ns, &r.to));
+                        let peers = peer_cache[rule_index as usize]
+                            .get_or_insert_with(|| world.peers(ns, &r.to));
                         emit(
                             &mut acc,
                             Direction::Egress,
@@ -873,14 +1028,14 @@ pub fn compile(
                             peers,
                             &r.ports,
                             pod,
-                            &world,
+                            &mut world,
                         );
                         rule_index += 1;
                     }
                 }
             }
         }
-        finish(&mut policy, acc)?;
+        finish(&mut policy, acc, &world.ids)?;
         out.insert(ep.endpoint_id, policy);
     }
 
@@ -929,27 +1084,17 @@ fn emit(
     peers: &Peers,
     ports: &[NetworkPolicyPort],
     local: &Pod,
-    world: &World<'_>,
+    world: &mut World<'_>,
 ) {
-    let ids: &[u32] = match peers {
-        Peers::Any => &[IDENTITY_ANY],
-        Peers::Ids(ids) => ids,
-    };
     if ports.is_empty() {
-        for &id in ids {
-            acc.allow(d, id, PROTO_ANY, PORT_ANY, rule);
-        }
+        acc.allow(d, PROTO_ANY, PORT_ANY, peers, rule);
         return;
     }
-    for port in ports {
+    for (i, port) in ports.iter().enumerate() {
         let protocol = port.protocol();
         let proto = protocol.number();
         match (&port.port, port.end_port) {
-            (None, _) => {
-                for &id in ids {
-                    acc.allow(d, id, proto, PORT_ANY, rule);
-                }
-            }
+            (None, _) => acc.allow(d, proto, PORT_ANY, peers, rule),
             (Some(PortValue::Number(p)), end) => {
                 // Validated: 1..=65535 and end >= p; a bad object that got
                 // here anyway allows nothing rather than something else.
@@ -964,45 +1109,21 @@ fn emit(
                 if first == PORT_ANY {
                     continue;
                 }
-                for &id in ids {
-                    if first == last {
-                        acc.allow(d, id, proto, first, rule);
-                    } else {
-                        acc.allow_range(d, id, proto, first, last, rule);
-                    }
+                if first == last {
+                    acc.allow(d, proto, first, peers, rule);
+                } else {
+                    acc.allow_range(d, proto, first, last, peers, rule);
                 }
             }
             (Some(PortValue::Name(name)), _) => match d {
                 Direction::Ingress => {
                     for number in local.named_port(name, protocol) {
-                        for &id in ids {
-                            acc.allow(d, id, proto, number, rule);
-                        }
+                        acc.allow(d, proto, number, peers, rule);
                     }
                 }
                 Direction::Egress => {
-                    let resolve = |named: &[NamedPort]| -> Vec<u16> {
-                        named
-                            .iter()
-                            .filter(|n| n.name == *name && n.protocol == protocol)
-                            .map(|n| n.port)
-                            .collect()
-                    };
-                    match peers {
-                        Peers::Any => {
-                            for (id, named) in world.all_pod_ids() {
-                                for number in resolve(named) {
-                                    acc.allow(d, id, proto, number, rule);
-                                }
-                            }
-                        }
-                        Peers::Ids(ids) => {
-                            for &id in ids {
-                                for number in resolve(world.named_ports(id)) {
-                                    acc.allow(d, id, proto, number, rule);
-                                }
-                            }
-                        }
+                    for (number, peers) in world.named_egress((rule, i), peers, name, protocol) {
+                        acc.allow(d, proto, *number, peers, rule);
                     }
                 }
             },
@@ -1010,49 +1131,97 @@ fn emit(
     }
 }
 
-/// Drops redundant entries and packs the ranges.
-fn finish(policy: &mut EndpointPolicy, acc: Acc) -> Result<(), CompileError> {
-    let Acc {
-        mut entries,
-        ranges,
-    } = acc;
-    let has = |d, id, proto, port| entries.contains_key(&EntryKey::new(d, id, proto, port));
-    let any_allows_all_of = |d, proto| {
-        has(d, IDENTITY_ANY, proto, PORT_ANY) || has(d, IDENTITY_ANY, PROTO_ANY, PORT_ANY)
-    };
-    let any_ranges = |d, proto| ranges.get(&EntryKey::new(d, IDENTITY_ANY, proto, PORT_ANY));
-    let redundant = |k: &EntryKey| -> bool {
-        let (d, id, proto, port) = (k.direction, k.identity, k.protocol, k.port);
-        let specific = id != IDENTITY_ANY;
-        if proto == PROTO_ANY {
-            specific && has(d, IDENTITY_ANY, PROTO_ANY, PORT_ANY)
-        } else if port == PORT_ANY {
-            has(d, id, PROTO_ANY, PORT_ANY) || (specific && any_allows_all_of(d, proto))
-        } else {
-            has(d, id, proto, PORT_ANY)
-                || has(d, id, PROTO_ANY, PORT_ANY)
-                || (specific
-                    && (any_allows_all_of(d, proto)
-                        || has(d, IDENTITY_ANY, proto, port)
-                        || any_ranges(d, proto)
-                            .is_some_and(|r| r.iter().any(|r| r.first <= port && port <= r.last))))
+/// Turns the collected sets into entries, leaving out what another entry
+/// already allows under the lookup order, and packs the ranges.
+fn finish(policy: &mut EndpointPolicy, acc: Acc, ids: &[u32]) -> Result<(), CompileError> {
+    let empty = IdSet::empty(acc.n);
+    let mut entries: Vec<(EntryKey, u32)> = Vec::new();
+    let mut ranges: BTreeMap<EntryKey, Vec<PortRange>> = BTreeMap::new();
+    for d in [Direction::Ingress, Direction::Egress] {
+        let get = |proto: u8, port: u16| acc.exact.get(&(d, proto, port));
+        let all = get(PROTO_ANY, PORT_ANY);
+        if let Some(rule) = all.and_then(|t| t.any) {
+            // Anyone, anything: nothing else matters in this direction.
+            entries.push((EntryKey::new(d, IDENTITY_ANY, PROTO_ANY, PORT_ANY), rule));
+            continue;
         }
-    };
-    let drop: Vec<EntryKey> = entries.keys().filter(|k| redundant(k)).copied().collect();
-    let keep_ranges: Vec<(EntryKey, Vec<PortRange>)> = ranges
-        .iter()
-        .filter(|(k, _)| {
-            let (d, id, proto) = (k.direction, k.identity, k.protocol);
-            !(has(d, id, proto, PORT_ANY)
-                || has(d, id, PROTO_ANY, PORT_ANY)
-                || (id != IDENTITY_ANY && any_allows_all_of(d, proto)))
-        })
-        .map(|(k, r)| (*k, r.clone()))
-        .collect();
-    for k in drop {
-        entries.remove(&k);
+        let all_set = all.map_or(&empty, |t| &t.set);
+        for &(i, rule) in all.map(|t| t.first.as_slice()).unwrap_or_default() {
+            entries.push((EntryKey::new(d, ids[i], PROTO_ANY, PORT_ANY), rule));
+        }
+        let protocols: BTreeSet<u8> = acc
+            .exact
+            .keys()
+            .filter(|k| k.0 == d)
+            .map(|k| k.1)
+            .chain(acc.ranges.keys().filter(|k| k.0 == d).map(|k| k.1))
+            .filter(|&p| p != PROTO_ANY)
+            .collect();
+        for proto in protocols {
+            let proto_all = get(proto, PORT_ANY);
+            if let Some(rule) = proto_all.and_then(|t| t.any) {
+                // Anyone, every port of the protocol.
+                entries.push((EntryKey::new(d, IDENTITY_ANY, proto, PORT_ANY), rule));
+                continue;
+            }
+            let proto_set = proto_all.map_or(&empty, |t| &t.set);
+            let covered = |i: usize| all_set.contains(i) || proto_set.contains(i);
+            for &(i, rule) in proto_all.map(|t| t.first.as_slice()).unwrap_or_default() {
+                if !all_set.contains(i) {
+                    entries.push((EntryKey::new(d, ids[i], proto, PORT_ANY), rule));
+                }
+            }
+            let proto_ranges: Vec<(u16, u16, &Target)> = acc
+                .ranges
+                .range((d, proto, 0, 0)..=(d, proto, u16::MAX, u16::MAX))
+                .map(|(&(_, _, first, last), t)| (first, last, t))
+                .collect();
+            let any_range_covers = |port: u16| {
+                proto_ranges
+                    .iter()
+                    .any(|(first, last, t)| t.any.is_some() && *first <= port && port <= *last)
+            };
+            for ((_, _, port), t) in acc
+                .exact
+                .range((d, proto, PORT_ANY + 1)..=(d, proto, u16::MAX))
+            {
+                if let Some(rule) = t.any {
+                    entries.push((EntryKey::new(d, IDENTITY_ANY, proto, *port), rule));
+                    continue;
+                }
+                if any_range_covers(*port) {
+                    continue;
+                }
+                for &(i, rule) in &t.first {
+                    if !covered(i) {
+                        entries.push((EntryKey::new(d, ids[i], proto, *port), rule));
+                    }
+                }
+            }
+            for (first, last, t) in proto_ranges {
+                let range = |rule_index| PortRange {
+                    first,
+                    last,
+                    rule_index,
+                };
+                if let Some(rule) = t.any {
+                    ranges
+                        .entry(EntryKey::new(d, IDENTITY_ANY, proto, PORT_ANY))
+                        .or_default()
+                        .push(range(rule));
+                }
+                for &(i, rule) in &t.first {
+                    if !covered(i) {
+                        ranges
+                            .entry(EntryKey::new(d, ids[i], proto, PORT_ANY))
+                            .or_default()
+                            .push(range(rule));
+                    }
+                }
+            }
+        }
     }
-    for (k, r) in keep_ranges {
+    for (k, r) in ranges {
         let (packed, exact) = ports::pack(r).map_err(|e| CompileError::TooManyPortRanges {
             endpoint_id: policy.endpoint_id,
             direction: k.direction,
@@ -1060,14 +1229,19 @@ fn finish(policy: &mut EndpointPolicy, acc: Acc) -> Result<(), CompileError> {
             protocol: k.protocol,
             ranges: e.ranges,
         })?;
-        for (port, rule) in exact {
-            entries.entry(EntryKey { port, ..k }).or_insert(rule);
-        }
+        entries.extend(
+            exact
+                .into_iter()
+                .map(|(port, rule)| (EntryKey { port, ..k }, rule)),
+        );
         if !packed.is_empty() {
             policy.port_ranges.insert(k, packed);
         }
     }
-    policy.entries = entries;
+    // One value per key: the lowest rule index (the first rule that allowed it).
+    entries.sort_unstable();
+    entries.dedup_by_key(|(k, _)| *k);
+    policy.entries = entries.into_iter().collect();
     Ok(())
 }
 

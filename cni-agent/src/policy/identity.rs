@@ -60,6 +60,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use cni_ebpf_common::policy::IDENTITY_FIRST_ALLOCATED;
@@ -110,8 +111,9 @@ pub struct NamedPort {
 /// Identity numbers by key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityTable {
-    by_key: BTreeMap<IdentityKey, u32>,
-    by_id: BTreeMap<u32, IdentityKey>,
+    // Keys are shared between the two maps: a pod key holds label maps.
+    by_key: BTreeMap<Arc<IdentityKey>, u32>,
+    by_id: BTreeMap<u32, Arc<IdentityKey>>,
     next: u32,
 }
 
@@ -151,11 +153,8 @@ impl IdentityTable {
             if table.by_key.contains_key(&key) {
                 continue;
             }
-            match previous.by_key.get(&key) {
-                Some(&id) => {
-                    table.by_id.insert(id, key.clone());
-                    table.by_key.insert(key, id);
-                }
+            match previous.by_key.get_key_value(&key) {
+                Some((shared, &id)) => table.insert(id, Arc::clone(shared)),
                 None => fresh.push(key),
             }
         }
@@ -182,10 +181,14 @@ impl IdentityTable {
                     return Err(IdentitiesExhausted);
                 }
             };
-            table.by_id.insert(id, key.clone());
-            table.by_key.insert(key, id);
+            table.insert(id, Arc::new(key));
         }
         Ok(table)
+    }
+
+    fn insert(&mut self, id: u32, key: Arc<IdentityKey>) {
+        self.by_id.insert(id, Arc::clone(&key));
+        self.by_key.insert(key, id);
     }
 
     /// The number of a key.
@@ -195,12 +198,12 @@ impl IdentityTable {
 
     /// The key of a number.
     pub fn key(&self, id: u32) -> Option<&IdentityKey> {
-        self.by_id.get(&id)
+        self.by_id.get(&id).map(|k| &**k)
     }
 
     /// (number, key), by number.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &IdentityKey)> {
-        self.by_id.iter().map(|(id, k)| (*id, k))
+        self.by_id.iter().map(|(id, k)| (*id, &**k))
     }
 
     /// How many identities.
@@ -258,9 +261,10 @@ impl<'de> Deserialize<'de> for IdentityTable {
             if id < IDENTITY_FIRST_ALLOCATED {
                 return Err(D::Error::custom(format!("identity {id} is reserved")));
             }
-            if t.by_id.insert(id, key.clone()).is_some() || t.by_key.insert(key, id).is_some() {
+            if t.by_id.contains_key(&id) || t.by_key.contains_key(&key) {
                 return Err(D::Error::custom(format!("identity {id} or its key twice")));
             }
+            t.insert(id, Arc::new(key));
         }
         Ok(t)
     }

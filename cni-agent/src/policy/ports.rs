@@ -35,16 +35,17 @@ pub type Packed = (Vec<PortRange>, Vec<(u16, u32)>);
 /// port entries, up to [`MAX_EXPANDED_PORTS`] ports in all. Returns the
 /// ranges to install and the exact (port, rule) entries to add.
 pub fn pack(mut ranges: Vec<PortRange>) -> Result<Packed, TooManyRanges> {
-    ranges.sort();
-    let mut merged: Vec<PortRange> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        match merged.last_mut() {
-            Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
-                last.last = last.last.max(r.last);
-            }
-            _ => merged.push(r),
+    ranges.sort_unstable();
+    // Merge in place: `dedup_by` hands (next, kept) pairs in order.
+    ranges.dedup_by(|next, kept| {
+        if u32::from(next.first) <= u32::from(kept.last) + 1 {
+            kept.last = kept.last.max(next.last);
+            true
+        } else {
+            false
         }
-    }
+    });
+    let mut merged = ranges;
     let mut exact = Vec::new();
     // Single ports are exact entries anyway; they never need a range slot.
     merged.retain(|r| {
