@@ -1,19 +1,30 @@
 //! The agent's life: validate input, load and pin the datapath, apply the
-//! prefilter rules, attach uplinks, forward eBPF logs, serve metrics, and on
-//! SIGTERM exit leaving every pin in place so filtering goes on.
+//! prefilter rules, attach uplinks, start the policy engine (first sync
+//! before the agent says it is ready), serve the API socket and metrics,
+//! forward eBPF logs, and on SIGTERM exit leaving every pin in place so
+//! filtering and policy go on.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{mpsc, Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use aya::programs::XdpMode;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
+    api,
     attach::{ifindex, sync_uplinks},
     bpffs::{ensure_bpffs, PinLayout},
     loader,
     maps::{prefilter::PrefilterMaps, PinLock},
     metrics,
+    policy::{
+        source::Source,
+        sync::{Engine, EngineConfig, PolicyStats},
+    },
     rules::{load_rules_file, Rule},
 };
 
@@ -32,6 +43,34 @@ pub struct AgentConfig {
     pub ebpf_log_level: u8,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// The plugin's state dir (attachment records = local endpoints).
+    pub state_dir: PathBuf,
+    /// The API socket.
+    pub api_socket: PathBuf,
+    /// Manifests directory (the policy source), if any.
+    pub manifests: Option<PathBuf>,
+    /// The node's addresses; empty: those of the agent's network namespace.
+    pub node_addresses: Vec<IpAddr>,
+    /// Let the node reach every pod whatever ingress policy says.
+    pub allow_host: bool,
+    /// Enforce policy; `None`: when a policy source is given.
+    pub policy_enforcement: Option<bool>,
+}
+
+impl AgentConfig {
+    /// The policy source.
+    pub fn source(&self) -> Source {
+        match &self.manifests {
+            Some(dir) => Source::Manifests(dir.clone()),
+            None => Source::None,
+        }
+    }
+
+    /// Whether policy is enforced.
+    pub fn enforce(&self) -> bool {
+        self.policy_enforcement
+            .unwrap_or_else(|| self.source().is_some())
+    }
 }
 
 /// Line logged once the datapath is in place (tests and scripts wait for it).
@@ -76,6 +115,11 @@ pub fn setup(config: &AgentConfig) -> anyhow::Result<(PinLayout, aya::Ebpf)> {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    if let Some(dir) = &config.manifests {
+        if !dir.is_dir() {
+            anyhow::bail!("--manifests {}: not a directory", dir.display());
+        }
+    }
     let (layout, mut ebpf) = setup(&config)?;
 
     // eBPF log records (aya-log) go into this process's log. The ring
@@ -88,12 +132,66 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             None
         }
     };
+    // The policy engine, on a thread of its own (map writes are blocking
+    // syscalls). It syncs once before the agent reports ready.
+    let stats = Arc::new(Mutex::new(PolicyStats::default()));
+    let source = config.source();
+    let mut engine = Engine::start(
+        EngineConfig {
+            layout: layout.clone(),
+            state_dir: config.state_dir.clone(),
+            source: source.clone(),
+            enforce: config.enforce(),
+            allow_host: config.allow_host,
+            node_addresses: config.node_addresses.clone(),
+        },
+        stats.clone(),
+    )?;
+    let listener = api::bind(&config.api_socket)?;
+    let (tx, rx) = mpsc::channel();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("policy-engine".into())
+        .spawn(move || {
+            if let Err(e) = engine.reload_source() {
+                tracing::error!("policy source refused; the policy maps keep what they hold: {e}");
+            }
+            let first = engine.sync();
+            match &first {
+                Ok(r) => tracing::info!(
+                    revision = r.revision,
+                    changed = r.changed,
+                    endpoints = r.counts.endpoints,
+                    entries = r.counts.policy,
+                    rules = r.rules,
+                    enforcing = r.enforcing,
+                    "initial policy sync in {:.3} ms",
+                    r.micros as f64 / 1000.0
+                ),
+                Err(e) => tracing::error!("initial policy sync failed: {e}"),
+            }
+            let _ = first_tx.send(());
+            engine.run(rx);
+        })
+        .context("starting the policy engine thread")?;
+    let _ = first_rx.await;
+    let api_task = tokio::spawn(api::serve(listener, tx));
     let metrics = match config.metrics_addr {
-        Some(addr) => Some(tokio::spawn(metrics::serve(addr, layout.clone()).await?)),
+        Some(addr) => Some(tokio::spawn(
+            metrics::serve(addr, layout.clone(), Some(stats.clone())).await?,
+        )),
         None => None,
     };
 
-    tracing::info!(bpffs = %layout.root().display(), uplinks = ?config.uplinks, "{READY_MESSAGE}");
+    tracing::info!(
+        bpffs = %layout.root().display(),
+        uplinks = ?config.uplinks,
+        state_dir = %config.state_dir.display(),
+        api_socket = %config.api_socket.display(),
+        policy_source = %source.describe(),
+        enforcing = config.enforce(),
+        "{READY_MESSAGE}"
+    );
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -101,9 +199,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: exiting; pins and links stay, filtering continues"),
         _ = int.recv() => tracing::info!("SIGINT: exiting; pins and links stay, filtering continues"),
     }
-    for task in [logs, metrics].into_iter().flatten() {
+    for task in [logs, metrics, Some(api_task)].into_iter().flatten() {
         task.abort();
     }
+    let _ = std::fs::remove_file(&config.api_socket);
     // Dropping `ebpf` closes our fds only: maps, programs and links live on
     // through their pins.
     drop(ebpf);

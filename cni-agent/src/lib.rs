@@ -4,10 +4,12 @@
 //! thin shells over it; the end-to-end tests use it directly.
 
 pub mod agent;
+pub mod api;
 pub mod attach;
 pub mod bpffs;
 pub mod cleanup;
 pub mod cli;
+pub mod endpoints;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -1,11 +1,15 @@
 //! `sluice-agent`: the per-node daemon. Thin: flags here, work in the library.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use cni_agent::{
     agent::{run, AgentConfig},
+    api::{DEFAULT_API_SOCKET, DEFAULT_STATE_DIR},
     bpffs::PinLayout,
     cleanup::cleanup,
 };
@@ -43,6 +47,30 @@ struct Args {
     /// Serve Prometheus metrics here (e.g. 127.0.0.1:9962).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// The CNI plugin's state dir: its attachment records are the local
+    /// endpoints; the agent keeps its policy snapshot in `agent/` below it.
+    #[arg(long, env = "SLUICE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Unix socket for the plugin's notifications and sluicectl (mode 0600).
+    #[arg(long, env = "SLUICE_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+    /// Directory of Kubernetes manifests (Namespaces, Pods, NetworkPolicies)
+    /// to enforce; watched, every change applied. Invalid manifests change
+    /// nothing and are logged with the object named.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// An address of this node (identity "host"; repeatable). Default: the
+    /// addresses of the agent's network namespace, re-read at every sync.
+    #[arg(long = "node-address", value_name = "IP")]
+    node_addresses: Vec<IpAddr>,
+    /// Apply ingress policy to traffic from the node too (by default the
+    /// node, e.g. kubelet probes, reaches every pod).
+    #[arg(long)]
+    no_allow_host: bool,
+    /// Enforce NetworkPolicy (default: on when a policy source such as
+    /// --manifests is given, else off: the datapath only observes).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    policy_enforcement: Option<bool>,
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -98,6 +126,12 @@ fn main() -> anyhow::Result<()> {
         },
         ebpf_log_level: ebpf_log_level(&args.log_level),
         metrics_addr: args.metrics_addr,
+        state_dir: args.state_dir,
+        api_socket: args.api_socket,
+        manifests: args.manifests,
+        node_addresses: args.node_addresses,
+        allow_host: !args.no_allow_host,
+        policy_enforcement: args.policy_enforcement,
     };
     // A current-thread runtime: the agent's work is a few fds and a signal.
     tokio::runtime::Builder::new_current_thread()

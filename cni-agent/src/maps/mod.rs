@@ -2,6 +2,7 @@
 //! here opens pins directly, so it works with the agent down (sluicectl).
 
 pub mod counters;
+pub mod policy;
 pub mod prefilter;
 
 use std::path::Path;

@@ -54,7 +54,9 @@ pub mod model;
 pub mod ports;
 pub mod scenarios;
 pub mod selector;
+pub mod source;
 mod strict;
+pub mod sync;
 
 #[cfg(test)]
 mod tests;
