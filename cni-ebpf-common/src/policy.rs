@@ -13,9 +13,11 @@
 //! 3. The local endpoint's state (`POLICY_STATE`, keyed by endpoint id):
 //!    whether it is isolated for ingress/egress, and whether the agent has
 //!    programmed it at all (fail-closed until then).
-//! 4. `POLICY` (hash): exact (identity, protocol, port) first, then the
-//!    same with any port, then any identity; `POLICY_PORT_RANGES` for
-//!    `endPort` rules.
+//! 4. For the peer's identity, then for `IDENTITY_ANY`: `POLICY`
+//!    (protocol, port), then (protocol, `PORT_ANY`), then the `endPort`
+//!    ranges of `POLICY_PORT_RANGES` (protocol, `PORT_ANY`), then
+//!    (`PROTO_ANY`, `PORT_ANY`); the first hit allows. The agent's compiler
+//!    and `explain` model exactly this order (cni-agent/src/policy/mod.rs).
 
 /// Identity of the node itself (kubelet probes, host-network pods).
 pub const IDENTITY_HOST: u32 = 1;
