@@ -243,12 +243,38 @@ async fn enslave(nl: &Netlink, br: &Link, host: &Link, hairpin: bool) -> CniResu
         })
 }
 
-/// ADD in bridge mode. Fails with code 11 before creating anything when the
-/// programs are not pinned; on a later failure removes the veth and
-/// datapath state it created (the bridge and its gateway address stay, as
-/// shared resources). Call from a thread in the node's namespace.
+/// The bridge port of a pod, made before IPAM runs ([`create_port`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    /// The bridge.
+    pub bridge: Link,
+    /// The host end of the veth, a port of the bridge.
+    pub host: Link,
+    /// The MAC the container end was given.
+    pub container_mac: [u8; 6],
+}
+
+/// ADD in bridge mode: [`create_port`], then [`configure`]. Fails with code
+/// 11 before creating anything when the programs are not pinned; on a
+/// later failure removes the veth and datapath state it created (the
+/// bridge and its gateway address stay, as shared resources). Call from a
+/// thread in the node's namespace.
 pub fn add(spec: &PodSpec<'_>, opts: &BridgeOptions) -> CniResult<Plumbed> {
     spec.validate()?;
+    let port = create_port(spec, opts)?;
+    configure(spec, opts, &port)
+}
+
+/// The first half of ADD, which needs no addresses: the bridge (created
+/// when missing), the veth pair with the host end a port of the bridge
+/// (hairpin as configured) and the container end up, without addresses.
+/// ADD runs IPAM only after this, as the reference bridge plugin does: the
+/// `dhcp` IPAM runs DHCP on the container's interface, which must exist.
+/// Fails with code 11 before creating anything when the programs are not
+/// pinned; on failure leaves no veth. `spec.ips` and `spec.routes` are not
+/// read. Call from a thread in the node's namespace.
+pub fn create_port(spec: &PodSpec<'_>, opts: &BridgeOptions) -> CniResult<Port> {
+    veth::validate_ifname(spec.ifname)?;
     if opts.hairpin_mode && opts.promisc_mode {
         return Err(CniError::config(
             "cannot set hairpin mode and promiscuous mode at the same time",
@@ -257,7 +283,6 @@ pub fn add(spec: &PodSpec<'_>, opts: &BridgeOptions) -> CniResult<Plumbed> {
     if let Some(bpffs) = spec.bpffs_dir {
         attach::check_pinned(bpffs)?;
     }
-    let (ips, routes, bridge_addrs) = gateways(spec, opts)?;
     let container_mac = spec.mac();
     let vreq = VethRequest {
         container_id: spec.container_id,
@@ -266,13 +291,47 @@ pub fn add(spec: &PodSpec<'_>, opts: &BridgeOptions) -> CniResult<Plumbed> {
         container_mac: Some(container_mac),
         enable_dad: false,
     };
-    let (br, host) = netns::run_here(async |nl| {
+    let (bridge, host) = netns::run_here(async |nl| {
         let br = ensure_bridge(&nl, opts, spec.mtu).await?;
         let host = veth::create_pair(&nl, spec.netns, &vreq).await?;
-        let configure = async {
-            enslave(&nl, &br, &host, opts.hairpin_mode).await?;
+        if let Err(e) = enslave(&nl, &br, &host, opts.hairpin_mode).await {
+            let _ = nl.delete_link_by_name(&host.name).await;
+            return Err(e);
+        }
+        Ok((br, host))
+    })?;
+    let ifname = spec.ifname;
+    if let Err(e) = netns::run_in(spec.netns, async move |nl| {
+        veth::configure_container_end(&nl, ifname, false).await
+    }) {
+        let _ = veth::delete(&host.name);
+        return Err(e.into());
+    }
+    Ok(Port {
+        bridge,
+        host,
+        container_mac,
+    })
+}
+
+/// The second half of ADD, with the addresses from IPAM: the gateway
+/// addresses on the bridge and forwarding (`isGateway`), the datapath
+/// attached, the container's addresses and routes, and the result. On
+/// failure removes the veth and the datapath state (the bridge and its
+/// gateway address stay, as shared resources). Call from a thread in the
+/// node's namespace.
+pub fn configure(spec: &PodSpec<'_>, opts: &BridgeOptions, port: &Port) -> CniResult<Plumbed> {
+    let Port {
+        bridge: br,
+        host,
+        container_mac,
+    } = port;
+    let container_mac = *container_mac;
+    let configured = spec.validate().and_then(|()| {
+        let (ips, routes, bridge_addrs) = gateways(spec, opts)?;
+        netns::run_here(async |nl| {
             for net in &bridge_addrs {
-                ensure_bridge_addr(&nl, &br, *net, opts.force_address).await?;
+                ensure_bridge_addr(&nl, br, *net, opts.force_address).await?;
             }
             if bridge_addrs.iter().any(|n| n.addr().is_ipv4()) {
                 sysctl::enable_ipv4_forwarding()?;
@@ -281,13 +340,16 @@ pub fn add(spec: &PodSpec<'_>, opts: &BridgeOptions) -> CniResult<Plumbed> {
                 sysctl::enable_ipv6_forwarding()?;
             }
             CniResult::Ok(())
-        };
-        if let Err(e) = configure.await {
-            let _ = nl.delete_link_by_name(&host.name).await;
+        })?;
+        Ok((ips, routes))
+    });
+    let (ips, routes) = match configured {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = veth::delete(&host.name);
             return Err(e);
         }
-        Ok((br, host))
-    })?;
+    };
 
     let mut plan = ContainerPlan {
         ifname: spec.ifname.to_owned(),
@@ -299,9 +361,15 @@ pub fn add(spec: &PodSpec<'_>, opts: &BridgeOptions) -> CniResult<Plumbed> {
             .iter()
             .find(|ip| ip.address.addr().is_ipv6() == r.dst.addr().is_ipv6())
             .and_then(|ip| ip.gateway);
-        plan.routes.push(RouteSpec::from_cni(r, default_gw, 0)?);
+        match RouteSpec::from_cni(r, default_gw, 0) {
+            Ok(route) => plan.routes.push(route),
+            Err(e) => {
+                let _ = veth::delete(&host.name);
+                return Err(e);
+            }
+        }
     }
-    let (container, attached) = veth::finish_add(spec, &host, container_mac, &plan)?;
+    let (container, attached) = veth::finish_add(spec, host, container_mac, &plan)?;
 
     // The bridge's and host veth's MACs may change as ports join: re-read.
     let host_name = host.name.clone();

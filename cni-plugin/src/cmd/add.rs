@@ -9,12 +9,16 @@
 //!    the runtime there is nothing to clean up); no state record for this
 //!    attachment yet; the agent's programs are pinned (code 11, "try again
 //!    later", before IPAM is asked for anything).
-//! 2. IPAM: `sluice-ipam` in process, any other type by exec (which reads
-//!    `runtimeConfig.ips`/`ipRanges`, `args.cni.ips` and `CNI_ARGS` `IP=`
-//!    itself). Undo: IPAM DEL.
-//! 3. MTU (`mtu`, else the uplink's), then the plumbing of the mode
-//!    (routed by default, or bridge): veth, addresses, routes, the pinned
-//!    programs attached, `ENDPOINTS` entries. Undo: the DEL teardown.
+//! 2. MTU (`mtu`, else the uplink's). In bridge mode the bridge port
+//!    first: the bridge, the veth enslaved, the container's interface up
+//!    without addresses (undo: delete the veth), as the reference bridge
+//!    plugin does, because the `dhcp` IPAM runs DHCP on that interface.
+//!    Then IPAM: `sluice-ipam` in process, any other type by exec (which
+//!    reads `runtimeConfig.ips`/`ipRanges`, `args.cni.ips` and `CNI_ARGS`
+//!    `IP=` itself). Undo: IPAM DEL.
+//! 3. The plumbing of the mode (routed by default, or the rest of bridge
+//!    mode): veth, addresses, routes, the pinned programs attached,
+//!    `ENDPOINTS` entries. Undo: the DEL teardown.
 //! 4. `ipMasq`: masquerade rules. Undo: remove them.
 //! 5. The state record. Undo: remove it.
 //! 6. The agent is told on `agentSocket`: best effort, or with
@@ -81,8 +85,33 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
 
     let env = ipam_env(req);
     let mut undo = Undo::new();
+    let mtu = mtu::resolve(conf.mtu)?;
+    let mut spec = PodSpec {
+        container_id: &req.container_id,
+        ifname: &req.ifname,
+        netns: &netns,
+        mtu,
+        container_mac: conf.requested_mac(&req.args).map(|m| m.0),
+        ips: &[],
+        routes: &[],
+        bpffs_dir: Some(&conf.bpffs_dir),
+    };
 
-    // 2. IPAM.
+    // 2a. Bridge mode: the bridge port and the container's interface
+    // first, as the reference bridge plugin does, because the `dhcp` IPAM
+    // runs DHCP on that interface. Undo: delete the veth (after the IPAM
+    // release, so the `dhcp` daemon can still send its DHCPRELEASE).
+    let port = match &conf.mode {
+        Mode::Routed => None,
+        Mode::Bridge(b) => {
+            let port = bridge::create_port(&spec, &super::bridge_options(b))?;
+            let host = port.host.name.clone();
+            undo.push("the veth", move || errs(veth::delete(&host)));
+            Some(port)
+        }
+    };
+
+    // 2b. IPAM.
     let ipam_out = ipam::add(&req.stdin, &env)?;
     undo.push("the IP reservation", || errs(ipam::del(&req.stdin, &env)));
     tracing::debug!(
@@ -91,24 +120,18 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
     );
 
     // 3. Plumbing.
-    let mtu = mtu::resolve(conf.mtu)?;
-    let spec = PodSpec {
-        container_id: &req.container_id,
-        ifname: &req.ifname,
-        netns: &netns,
-        mtu,
-        container_mac: conf.requested_mac(&req.args).map(|m| m.0),
-        ips: &ipam_out.ips,
-        routes: &ipam_out.routes,
-        bpffs_dir: Some(&conf.bpffs_dir),
-    };
-    let (plumbed, attach_mode, bridge_name) = match &conf.mode {
-        Mode::Routed => (routed::add(&spec)?, AttachMode::Routed, None),
-        Mode::Bridge(b) => (
-            bridge::add(&spec, &super::bridge_options(b))?,
+    spec.ips = &ipam_out.ips;
+    spec.routes = &ipam_out.routes;
+    let (plumbed, attach_mode, bridge_name) = match (&conf.mode, &port) {
+        (Mode::Bridge(b), Some(port)) => (
+            bridge::configure(&spec, &super::bridge_options(b), port)?,
             AttachMode::Bridge,
             Some(b.name.clone()),
         ),
+        // Bridge mode always made its port above.
+        (Mode::Routed, _) | (Mode::Bridge(_), None) => {
+            (routed::add(&spec)?, AttachMode::Routed, None)
+        }
     };
     let host_veth = plumbed.host.name.clone();
     let endpoint_id = plumbed.endpoint_id;
