@@ -16,12 +16,15 @@
 //!   CNI plugin.
 //! - [`cni`]: CNI plugins and conflists run by hand, the way libcni runs
 //!   them.
+//! - [`dhcp`]: a DHCP server (dnsmasq) and the reference `dhcp` daemon
+//!   for the `dhcp` IPAM.
 //!
 //! Everything here needs root; [`require_root`] says so plainly.
 
 pub mod agent;
 pub mod cni;
 pub mod datapath;
+pub mod dhcp;
 pub mod frames;
 pub mod link;
 pub mod netns;

@@ -41,6 +41,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "catatonit",
     // `protoc`: the `k8s-cri` crate generates the tests' CRI client at build time.
     "protobuf-compiler",
+    // `iptables`/`iptables-save`: the reference `portmap` and `bridge`
+    // (`ipMasq`) plugins exec it; the chaining tests read their rules back.
+    "iptables",
+    // `dnsmasq` (the binary only, no system service): the DHCP server the
+    // `dhcp` IPAM delegation test runs in a namespace of its own.
+    "dnsmasq-base",
 ];
 
 /// The LLVM that `DEBIAN_PACKAGES` installs and bpf-linker is built with.
