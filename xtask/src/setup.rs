@@ -44,6 +44,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // `iptables`/`iptables-save`: the reference `portmap` and `bridge`
     // (`ipMasq`) plugins exec it; the chaining tests read their rules back.
     "iptables",
+    // `nft list ruleset`: the side-by-side test reads both plugins'
+    // masquerade rules back (Sluice writes nftables over netlink itself).
+    "nftables",
     // `dnsmasq` (the binary only, no system service): the DHCP server the
     // `dhcp` IPAM delegation test runs in a namespace of its own.
     "dnsmasq-base",
