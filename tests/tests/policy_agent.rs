@@ -130,6 +130,15 @@ struct Run {
 }
 
 impl Run {
+    /// The CNI error code (the error JSON's `code`); panics unless the run
+    /// failed with an error object.
+    fn error_code(&self) -> u64 {
+        assert_ne!(self.code, Some(0), "succeeded: {}", self.stdout);
+        let v: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("no error JSON ({e}): {}\n{}", self.stdout, self.stderr));
+        v["code"].as_u64().unwrap_or_else(|| panic!("no code: {v}"))
+    }
+
     fn ok(&self) -> Value {
         assert_eq!(
             self.code,
@@ -964,14 +973,14 @@ fn wait_for_policy_add_returns_once_programmed_and_fails_cleanly_without_the_age
     let ns = Netns::new().unwrap();
     let run = w.plugin("ADD", "pol-e-1", Some(ns.path()), "e", &w.conf(true, 1000));
     eprintln!("ADD with the agent down: {:?} {}", run.took, run.stdout);
-    assert_eq!(run.code, Some(11), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.error_code(), 11, "{}", run.stderr);
     assert!(run.stdout.contains("try again later"), "{}", run.stdout);
     // A socket that accepts but never answers: the timeout.
     std::fs::remove_file(w.socket()).ok();
     let silent = std::os::unix::net::UnixListener::bind(w.socket()).unwrap();
     let run = w.plugin("ADD", "pol-e-2", Some(ns.path()), "e", &w.conf(true, 800));
     eprintln!("ADD with a silent agent: {:?}", run.took);
-    assert_eq!(run.code, Some(11), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.error_code(), 11, "{}", run.stderr);
     assert!(run.took >= Duration::from_millis(800), "{:?}", run.took);
     assert!(run.stdout.contains("policyTimeoutMs 800"), "{}", run.stdout);
     drop(silent);
@@ -1031,6 +1040,7 @@ fn ten_thousand_rules() {
     w.write_manifest("50-many.yaml", &text);
     let started = Instant::now();
     let v = w.sync();
+    eprintln!("10k rules: {v}");
     eprintln!(
         "10k rules: sluicectl sync {:?} (agent: sync {} µs, compile {} µs, apply {} µs, {} entries written)",
         started.elapsed(),

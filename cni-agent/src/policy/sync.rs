@@ -39,7 +39,6 @@ use anyhow::Context as _;
 use cni_ebpf_common::policy::{
     PolicyConfig, IDENTITY_FIRST_ALLOCATED, POLICY_CONFIG_F_ENFORCE, POLICY_F_PROGRAMMED,
 };
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -189,10 +188,13 @@ impl Snapshot {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join(format!(".{SNAPSHOT_FILE}.{}.tmp", std::process::id()));
         {
-            let mut f =
+            let f =
                 fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            serde_json::to_writer(&mut f, self)?;
-            f.write_all(b"\n")?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+            serde_json::to_writer(&mut w, self)?;
+            w.write_all(b"\n")?;
+            w.flush()
+                .with_context(|| format!("writing {}", tmp.display()))?;
         }
         fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))
     }
@@ -333,8 +335,12 @@ pub struct SyncReport {
     pub changed: bool,
     /// Whole sync (read endpoints, compile, write, snapshot), µs.
     pub micros: u64,
+    /// Reading the attachment records, µs.
+    pub endpoints_micros: u64,
     /// Compile alone, µs.
     pub compile_micros: u64,
+    /// Writing the snapshot, µs.
+    pub snapshot_micros: u64,
     /// The map writes.
     pub apply: ApplyReport,
     /// Sizes of what is installed.
@@ -569,6 +575,7 @@ impl Engine {
                 None => "no policy source loaded yet".into(),
             });
         };
+        let endpoints_started = Instant::now();
         self.state_fp = endpoints::fingerprint(&self.config.state_dir);
         self.state =
             endpoints::read_state_dir(&self.config.state_dir, Some(self.config.layout.root()))
@@ -577,6 +584,7 @@ impl Engine {
             tracing::warn!(path = %bad.path.display(), "unreadable attachment record: {}", bad.error);
         }
         let local = self.state.local_endpoints();
+        let endpoints_micros = endpoints_started.elapsed().as_micros() as u64;
         let cluster = with_local_pods(base, &local);
         let options = CompileOptions {
             allow_host: self.config.allow_host,
@@ -631,15 +639,19 @@ impl Engine {
 
         let enforcing = config.flags & POLICY_CONFIG_F_ENFORCE != 0;
         let micros = started.elapsed().as_micros() as u64;
+        let snapshot_started = Instant::now();
         let snapshot = self.snapshot(&compiled, &cluster, &options, enforcing, micros);
         if let Err(err) = snapshot.store(&self.config.state_dir) {
             tracing::warn!("{err:#}");
         }
+        let snapshot_micros = snapshot_started.elapsed().as_micros() as u64;
         let report = SyncReport {
             revision: config.revision,
             changed,
             micros: started.elapsed().as_micros() as u64,
+            endpoints_micros,
             compile_micros,
+            snapshot_micros,
             apply,
             counts: self.installed.counts(),
             rules: compiled.rules.len(),
@@ -795,12 +807,17 @@ impl Engine {
     pub fn handle(&mut self, batch: Vec<Envelope>) {
         let wants_sync = batch.iter().any(|e| e.request == Request::Sync);
         let mut source_result: Result<bool, String> = Ok(false);
+        let mut load_micros = 0;
         if wants_sync || self.source_changed_on_disk() {
+            let started = Instant::now();
             source_result = self.reload_source();
+            load_micros = started.elapsed().as_micros() as u64;
             match &source_result {
-                Ok(true) => {
-                    tracing::info!(source = %self.config.source.describe(), "policy source changed")
-                }
+                Ok(true) => tracing::info!(
+                    source = %self.config.source.describe(),
+                    load_us = load_micros,
+                    "policy source changed"
+                ),
                 Ok(false) => {}
                 Err(e) => tracing::error!("policy source refused, the policy in force stays: {e}"),
             }
@@ -825,8 +842,10 @@ impl Engine {
                     prefixes = rep.counts.ipcache,
                     written = rep.apply.written,
                     deleted = rep.apply.deleted,
+                    endpoints_us = rep.endpoints_micros,
                     compile_us = rep.compile_micros,
                     apply_us = rep.apply.duration.as_micros() as u64,
+                    snapshot_us = rep.snapshot_micros,
                     "policy synced in {:.3} ms",
                     rep.micros as f64 / 1000.0
                 ),
@@ -849,7 +868,7 @@ impl Engine {
                     (Err(e), _) => json!({"ok": false, "error": e, "revision": self.revision()}),
                     (Ok(_), Some(Ok(rep))) => json!({
                         "ok": true, "revision": rep.revision, "changed": rep.changed,
-                        "syncMicros": rep.micros, "report": rep,
+                        "syncMicros": rep.micros, "loadMicros": load_micros, "report": rep,
                     }),
                     (Ok(_), Some(Err(e))) => {
                         json!({"ok": false, "error": e, "revision": self.revision()})
@@ -887,9 +906,4 @@ impl Engine {
             self.handle(batch);
         }
     }
-}
-
-/// Whether `net` (an ipcache prefix) is a single address.
-pub fn is_host(net: &IpNet) -> bool {
-    net.prefix_len() == net.max_prefix_len()
 }
