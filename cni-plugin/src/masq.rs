@@ -694,7 +694,12 @@ pub fn remove(endpoint_id: u64) -> CniResult<usize> {
     } else {
         nft.rules()?.len()
     };
-    if left == 0 {
+    // Without the table there is nothing to remove, and a lookup says so
+    // cheaply: a batch that fails with ENOENT is an aborted nf_tables
+    // transaction, about 11 ms here (measured with `cargo xtask bench`),
+    // on every DEL of a network without ipMasq (DEL always cleans up: the
+    // config may have changed since ADD).
+    if left == 0 && (!mine.is_empty() || table_exists()?) {
         let msgs = vec![
             (NFT_MSG_DELCHAIN, 0, NFPROTO_INET, chain_attrs(false)),
             (NFT_MSG_DELTABLE, 0, NFPROTO_INET, table_attrs()),
