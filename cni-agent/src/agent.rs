@@ -171,7 +171,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 Err(e) => tracing::error!("initial policy sync failed: {e}"),
             }
             let _ = first_tx.send(());
-            engine.run(rx);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(rx)));
+            if run.is_err() {
+                // Without its engine the agent would accept requests it can
+                // never answer: better to exit and be restarted (the maps
+                // keep the policy meanwhile).
+                tracing::error!("the policy engine panicked; exiting");
+                std::process::exit(70);
+            }
         })
         .context("starting the policy engine thread")?;
     let _ = first_rx.await;

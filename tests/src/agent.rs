@@ -123,10 +123,15 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running `sluice-agent`, in a test namespace, logging to a file of its
 /// own. Dropping it kills it (SIGKILL); its log is printed when that drop
 /// happens during a panic, to show why a test failed.
+///
+/// Unless the arguments name them, `--state-dir` and `--api-socket` point
+/// into a temporary directory of the agent's own, so no test touches the
+/// machine's `/var/run/sluice`.
 pub struct Agent {
     child: Child,
     log: tempfile::NamedTempFile,
     status: Option<ExitStatus>,
+    dir: tempfile::TempDir,
 }
 
 impl Agent {
@@ -145,10 +150,19 @@ impl Agent {
             .suffix(".log")
             .tempfile()
             .context("creating the agent log file")?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-agent-")
+            .tempdir()
+            .context("creating the agent's state dir")?;
         let mut cmd = Command::new(bin("sluice-agent")?);
-        cmd.arg("--bpffs-dir")
-            .arg(bpffs.path())
-            .args(args)
+        cmd.arg("--bpffs-dir").arg(bpffs.path());
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.path().join("state"));
+        }
+        if !args.contains(&"--api-socket") {
+            cmd.arg("--api-socket").arg(dir.path().join("agent.sock"));
+        }
+        cmd.args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.reopen()?)
@@ -187,7 +201,18 @@ impl Agent {
             child,
             log,
             status: None,
+            dir,
         })
+    }
+
+    /// Its `--state-dir` when the arguments did not name one.
+    pub fn default_state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Its `--api-socket` when the arguments did not name one.
+    pub fn default_api_socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
     }
 
     /// Its process id.

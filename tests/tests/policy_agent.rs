@@ -159,6 +159,17 @@ impl World {
             .prefix("sluice-pol-")
             .tempdir()
             .unwrap();
+        // The node's own address, on an interface of the node namespace
+        // (the agent finds it there: identity host).
+        tests::link::add_veth(&node, "node0", &node, "node0p").expect("node0");
+        tests::link::add_address(
+            &node,
+            "node0",
+            format!("{NODE_ADDRESS}/32").parse().unwrap(),
+        )
+        .expect("node address");
+        tests::link::set_up(&node, "node0").unwrap();
+        tests::link::set_up(&node, "node0p").unwrap();
         let mut w = World {
             node,
             bpffs: BpffsDir::new(),
@@ -177,8 +188,6 @@ impl World {
             w.state_dir().display().to_string(),
             "--api-socket".into(),
             w.socket().display().to_string(),
-            "--node-address".into(),
-            NODE_ADDRESS.into(),
         ];
         args.extend(extra_agent_args.iter().map(|s| s.to_string()));
         w.agent_args = args;
@@ -389,6 +398,16 @@ impl World {
         s.set_read_timeout(Some(Duration::from_millis(1500)))
             .unwrap();
         s
+    }
+
+    /// What a TCP connection from the node to pod `to`:`port` meets.
+    fn reach_from_node(&self, to: &str, port: u16, timeout: Duration) -> Reach {
+        let addr = SocketAddr::new(IpAddr::V4(self.pod(to).ip), port);
+        match tests::traffic::tcp_connect(&self.node, addr, timeout) {
+            Ok(_) => Reach::Connected,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+            Err(_) => Reach::Dropped,
+        }
     }
 
     fn del_pod(&self, pod: &Pod) {
@@ -948,6 +967,13 @@ fn wait_for_policy_add_returns_once_programmed_and_fails_cleanly_without_the_age
     // A new pod, in a namespace the policies isolate: ADD returns with
     // its policy in the maps.
     let took = w.add_pod("d");
+    // At once: the node reaches it (allow-host). Were d not programmed
+    // yet, the datapath would drop the first SYN (fail-closed), and 500 ms
+    // is less than the SYN retransmission time.
+    assert_eq!(
+        w.reach_from_node("d", 80, Duration::from_millis(500)),
+        Reach::Connected
+    );
     eprintln!("ADD d (waitForPolicy, deny-all in force): {took:?}");
     let eps = w.sluicectl_json(&["endpoints"]);
     let d = eps
@@ -1084,4 +1110,57 @@ fn ten_thousand_rules() {
     // (refused: nobody listens there).
     assert_eq!(w.reach("a", "b", 19_999, LONG), Reach::Refused);
     assert_eq!(w.reach("a", "b", 20_000, SHORT), Reach::Dropped);
+}
+
+#[test]
+fn the_node_reaches_pods_unless_no_allow_host() {
+    let mut w = world_with_policy(&["--node-address", NODE_ADDRESS]);
+    // kubelet probes: the node reaches b on a port no rule opens.
+    assert_eq!(w.reach_from_node("b", 81, LONG), Reach::Connected);
+    let e = w.sluicectl_json(&[
+        "explain",
+        "--from",
+        NODE_ADDRESS,
+        "--to",
+        "pol/b",
+        "--port",
+        "81",
+    ]);
+    assert_eq!(e["verdict"], "allowed", "{e}");
+    assert_eq!(
+        e["fromIdentity"], 1,
+        "the node address is identity host: {e}"
+    );
+
+    w.agent().sigterm().unwrap();
+    w.agent_args.push("--no-allow-host".into());
+    w.start_agent();
+    let v = w.sync();
+    eprintln!("after restart with --no-allow-host: {v}");
+    assert_eq!(w.reach_from_node("b", 81, SHORT), Reach::Dropped);
+    assert_eq!(w.reach_from_node("b", 80, SHORT), Reach::Dropped);
+    let t = w
+        .sluicectl(&[
+            "explain",
+            "--from",
+            NODE_ADDRESS,
+            "--to",
+            "pol/b",
+            "--port",
+            "81",
+        ])
+        .unwrap();
+    assert!(
+        t.contains("verdict: DENIED") && t.contains("no rule allows 10.199.61.1 (host)"),
+        "{t}"
+    );
+    // c is not isolated for egress: pods still reach the node.
+    let eps = w.sluicectl_json(&["endpoints"]);
+    assert!(
+        eps.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["allowHost"] == false),
+        "{eps}"
+    );
 }
