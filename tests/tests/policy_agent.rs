@@ -959,6 +959,34 @@ fn bad_manifests_are_refused_naming_the_object_and_change_nothing() {
     w.remove_manifest("40-broken.yaml");
     w.sync();
     assert!(w.connects("a", "b", 80, LONG));
+
+    // Valid objects the datapath cannot hold (9 wide endPort ranges for
+    // one peer: 8 fit): refused the same way, naming the policy.
+    let mut ranges = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: wide, namespace: pol}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - ports:\n",
+    );
+    for i in 0..9 {
+        let first = 1000 + i * 3000;
+        ranges.push_str(&format!(
+            "    - {{protocol: TCP, port: {first}, endPort: {}}}\n",
+            first + 2000
+        ));
+    }
+    w.write_manifest("45-wide.yaml", &ranges);
+    let rev = w.revision();
+    let err = w.sluicectl(&["sync"]).unwrap_err().to_string();
+    eprintln!("{err}");
+    assert!(
+        err.contains("NetworkPolicy pol/wide") && err.contains("pod pol/b"),
+        "{err}"
+    );
+    assert_eq!(w.revision(), rev, "nothing was written");
+    assert!(!w.connects("a", "b", 81, SHORT));
+    // A new pod is still served (with the policy in force).
+    w.add_pod("e");
+    assert!(w.connects("a", "b", 80, LONG));
+    w.remove_manifest("45-wide.yaml");
+    w.sync();
 }
 
 #[test]

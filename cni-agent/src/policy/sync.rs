@@ -394,6 +394,10 @@ pub struct Engine {
     config_value: PolicyConfig,
     last: Option<SyncReport>,
     last_error: Option<String>,
+    /// The last sync failed in the compiler (not in the maps).
+    compile_failed: bool,
+    /// The last sync error logged at error level.
+    logged_error: Option<String>,
     retry: bool,
     stats: Arc<Mutex<PolicyStats>>,
 }
@@ -403,6 +407,64 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A compile error with the objects behind it named: for too many port
+/// ranges, the endpoint's pod and the policies selecting it in that
+/// direction whose rules have `endPort` ranges.
+fn name_culprits(
+    cluster: &Cluster,
+    endpoints: &[super::compile::LocalEndpoint],
+    err: &super::compile::CompileError,
+) -> String {
+    let super::compile::CompileError::TooManyPortRanges {
+        endpoint_id,
+        direction,
+        ..
+    } = err
+    else {
+        return err.to_string();
+    };
+    let Some(pod) = endpoints
+        .iter()
+        .find(|e| e.endpoint_id == *endpoint_id)
+        .and_then(|e| e.pod.as_ref())
+        .and_then(|k| cluster.pod(k))
+    else {
+        return err.to_string();
+    };
+    let ns = pod.metadata.namespace_or_default();
+    let culprits: Vec<String> = cluster
+        .policies()
+        .filter(|p| p.metadata.namespace_or_default() == ns)
+        .filter(|p| p.spec.pod_selector.matches(pod.labels()))
+        .filter(|p| match direction {
+            Direction::Ingress => {
+                p.affects_ingress()
+                    && p.spec
+                        .ingress
+                        .iter()
+                        .any(|r| r.ports.iter().any(|x| x.end_port.is_some()))
+            }
+            Direction::Egress => {
+                p.affects_egress()
+                    && p.spec
+                        .egress
+                        .iter()
+                        .any(|r| r.ports.iter().any(|x| x.end_port.is_some()))
+            }
+        })
+        .map(|p| format!("NetworkPolicy {}", p.key()))
+        .collect();
+    format!(
+        "pod {}: {err} (port ranges from {})",
+        pod.key(),
+        if culprits.is_empty() {
+            "unknown policies".to_owned()
+        } else {
+            culprits.join(", ")
+        }
+    )
 }
 
 /// `table` with its counter moved above `floor` (via its JSON form, the
@@ -489,6 +551,8 @@ impl Engine {
             config_value,
             last: None,
             last_error: None,
+            compile_failed: false,
+            logged_error: None,
             retry: false,
             stats,
         })
@@ -569,12 +633,7 @@ impl Engine {
     }
 
     fn sync_inner(&mut self, started: Instant) -> Result<SyncReport, String> {
-        let Some(base) = &self.cluster else {
-            return Err(match &self.source_error {
-                Some(e) => format!("no valid policy source yet: {e}"),
-                None => "no policy source loaded yet".into(),
-            });
-        };
+        self.compile_failed = false;
         let endpoints_started = Instant::now();
         self.state_fp = endpoints::fingerprint(&self.config.state_dir);
         self.state =
@@ -585,6 +644,12 @@ impl Engine {
         }
         let local = self.state.local_endpoints();
         let endpoints_micros = endpoints_started.elapsed().as_micros() as u64;
+        let Some(base) = &self.cluster else {
+            return Err(match &self.source_error {
+                Some(e) => format!("no valid policy source yet: {e}"),
+                None => "no policy source loaded yet".into(),
+            });
+        };
         let cluster = with_local_pods(base, &local);
         let options = CompileOptions {
             allow_host: self.config.allow_host,
@@ -599,7 +664,10 @@ impl Engine {
             &self.identities,
             self.config_value.revision,
         )
-        .map_err(|e| format!("compiling policy: {e}"))?;
+        .map_err(|e| {
+            self.compile_failed = true;
+            format!("compiling policy: {}", name_culprits(&cluster, &local, &e))
+        })?;
         let compile_micros = compile_started.elapsed().as_micros() as u64;
         for w in &compiled.warnings {
             tracing::warn!("{w}");
@@ -808,6 +876,7 @@ impl Engine {
         let wants_sync = batch.iter().any(|e| e.request == Request::Sync);
         let mut source_result: Result<bool, String> = Ok(false);
         let mut load_micros = 0;
+        let previous_cluster = self.cluster.clone();
         if wants_sync || self.source_changed_on_disk() {
             let started = Instant::now();
             source_result = self.reload_source();
@@ -833,7 +902,23 @@ impl Engine {
             || self.retry
             || (self.last.is_none() && self.cluster.is_some());
         let synced = if need_sync {
-            let r = self.sync();
+            let mut r = self.sync();
+            if r.is_err()
+                && self.compile_failed
+                && matches!(source_result, Ok(true))
+                && previous_cluster.is_some()
+            {
+                // The new source parses but does not compile (e.g. more
+                // port ranges than fit): refuse it like invalid manifests,
+                // keep the policy in force and serve the endpoints with it.
+                let err = r.clone().err().unwrap_or_default();
+                tracing::error!("policy source refused, the policy in force stays: {err}");
+                self.source_error = Some(err.clone());
+                self.stats().source_errors += 1;
+                self.cluster = previous_cluster;
+                source_result = Err(err);
+                r = self.sync();
+            }
             match &r {
                 Ok(rep) if rep.changed => tracing::info!(
                     revision = rep.revision,
@@ -854,7 +939,15 @@ impl Engine {
                     "policy sync: nothing to change ({} µs)",
                     rep.micros
                 ),
-                Err(e) => tracing::error!("policy sync failed: {e}"),
+                // Once per distinct error: the timer retries quietly.
+                Err(e) if self.logged_error.as_deref() != Some(e.as_str()) => {
+                    tracing::error!("policy sync failed: {e}");
+                    self.logged_error = Some(e.clone());
+                }
+                Err(e) => tracing::debug!("policy sync failed again: {e}"),
+            }
+            if r.is_ok() {
+                self.logged_error = None;
             }
             Some(r)
         } else {
