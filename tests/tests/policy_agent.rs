@@ -3,7 +3,8 @@
 //! namespace the test made, pods in namespaces of their own, real TCP
 //! between them, and `sluicectl` reading what the datapath does.
 //!
-//! Addresses: pods in 10.199.60.0/24, the node's own address 10.199.61.1.
+//! Addresses: pods in 10.199.60.0/24 and fd00:199:60::/64 (dual stack),
+//! the node's own address 10.199.61.1.
 //! Traffic only between namespaces the test created.
 //!
 //! Needs root; run serially:
@@ -11,7 +12,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -27,6 +28,7 @@ use serde_json::{json, Value};
 use tests::{bin_dir, random_hex, require_root, wait_until, Agent, BpffsDir, Netns, Sluicectl};
 
 const SUBNET: &str = "10.199.60.0/24";
+const SUBNET6: &str = "fd00:199:60::/64";
 const NODE_ADDRESS: &str = "10.199.61.1";
 /// The pods' Kubernetes namespace.
 const NS: &str = "pol";
@@ -104,6 +106,7 @@ struct Pod {
     ns: Netns,
     cid: String,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
     _servers: Vec<Server>,
 }
 
@@ -289,7 +292,7 @@ impl World {
             "policyTimeoutMs": timeout_ms,
             "ipam": {
                 "type": "sluice-ipam",
-                "ranges": [[{"subnet": SUBNET}]],
+                "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
                 "dataDir": self.ipam_dir(),
             }
         })
@@ -354,17 +357,33 @@ impl World {
         let cid = format!("pol-{name}-{}", random_hex(8));
         let run = self.plugin("ADD", &cid, Some(ns.path()), name, &self.conf(true, 5000));
         let result = run.ok();
-        let ip: Ipv4Addr = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
+        let addrs: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip = addrs
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
             .unwrap_or_else(|| panic!("no IPv4 address in {result}"));
+        let ip6 = addrs
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            })
+            .unwrap_or_else(|| panic!("no IPv6 address in {result}"));
         let servers = vec![Server::start(&ns, 80), Server::start(&ns, 81)];
         self.pods.push(Pod {
             name: name.into(),
             ns,
             cid,
             ip,
+            ip6,
             _servers: servers,
         });
         run.took
@@ -382,7 +401,16 @@ impl World {
 
     /// What a TCP connection attempt meets.
     fn reach(&self, from: &str, to: &str, port: u16, timeout: Duration) -> Reach {
-        let addr = SocketAddr::new(IpAddr::V4(self.pod(to).ip), port);
+        self.reach_addr(from, IpAddr::V4(self.pod(to).ip), port, timeout)
+    }
+
+    /// Over IPv6.
+    fn reach6(&self, from: &str, to: &str, port: u16, timeout: Duration) -> Reach {
+        self.reach_addr(from, IpAddr::V6(self.pod(to).ip6), port, timeout)
+    }
+
+    fn reach_addr(&self, from: &str, to: IpAddr, port: u16, timeout: Duration) -> Reach {
+        let addr = SocketAddr::new(to, port);
         match tests::traffic::tcp_connect(&self.pod(from).ns, addr, timeout) {
             Ok(_) => Reach::Connected,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
@@ -479,10 +507,17 @@ struct Server {
 }
 
 impl Server {
+    /// Listens on `[::]:port`: IPv6 and (v4-mapped, `bindv6only` is 0 in
+    /// a new namespace) IPv4.
     fn start(ns: &Netns, port: u16) -> Server {
         let listener = Arc::new(
-            ns.run(move || Ok(TcpListener::bind(("0.0.0.0", port))?))
-                .expect("listening"),
+            ns.run(move || {
+                Ok(TcpListener::bind(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    port,
+                ))?)
+            })
+            .expect("listening"),
         );
         let stop = Arc::new(AtomicBool::new(false));
         let (l, flag) = (listener.clone(), stop.clone());
@@ -576,6 +611,10 @@ fn policy_is_enforced_explained_and_monitored() {
     assert!(!w.connects("a", "b", 81, SHORT), "TCP/81 stays denied");
     assert!(!w.connects("c", "b", 80, SHORT), "only app=a may reach b");
     assert!(!w.connects("b", "a", 80, SHORT), "deny-all isolates a too");
+    // The same over IPv6 (IPCACHE6).
+    assert_eq!(w.reach6("a", "b", 80, LONG), Reach::Connected);
+    assert_eq!(w.reach6("a", "b", 81, SHORT), Reach::Dropped);
+    assert_eq!(w.reach6("c", "b", 80, SHORT), Reach::Dropped);
 
     // explain, JSON and table.
     let e = w.sluicectl_json(&[
@@ -606,6 +645,10 @@ fn policy_is_enforced_explained_and_monitored() {
         t.contains("(policies selecting pol/b: pol/allow-80, pol/deny-all)"),
         "{t}"
     );
+    let b_ip6 = w.pod("b").ip6.to_string();
+    let e = w.sluicectl_json(&["explain", "--from", "pol/a", "--to", &b_ip6, "--port", "80"]);
+    assert_eq!(e["verdict"], "allowed", "{e}");
+    assert_eq!(e["to"], b_ip6.as_str(), "the IPv6 address of a: {e}");
     let c_ip = w.pod("c").ip.to_string();
     let e = w.sluicectl_json(&["explain", "--from", &c_ip, "--to", "pol/b", "--port", "80"]);
     assert_eq!(e["verdict"], "denied", "{e}");
