@@ -25,8 +25,9 @@ enum XdpModeArg {
     Generic,
 }
 
-/// Sluice node agent: loads and pins the eBPF datapath, attaches the XDP
-/// prefilter to uplinks, and keeps it all running across its own restarts.
+/// Sluice node agent: loads and pins the eBPF datapath, compiles
+/// NetworkPolicy into its maps, attaches the XDP prefilter to uplinks, and
+/// keeps it all running across its own restarts.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
