@@ -87,8 +87,10 @@ pub struct SluicePaths {
     pub bpffs_dir: PathBuf,
     /// `stateDir`: one JSON file per attachment.
     pub state_dir: PathBuf,
-    /// `agentSocket`: the agent's notify socket; `None` sets
-    /// `waitForPolicy: false` and leaves the socket at its default.
+    /// `agentSocket`: the agent's notify socket, with `waitForPolicy:
+    /// true` (ADD returns once the agent has programmed the pod's policy,
+    /// as in production); `None` sets `waitForPolicy: false` and leaves the
+    /// socket at its default.
     pub agent_socket: Option<PathBuf>,
     /// `logFile`: the plugin's own log (at `debug`).
     pub log_file: Option<PathBuf>,
@@ -96,14 +98,18 @@ pub struct SluicePaths {
 
 impl SluicePaths {
     /// Adds these paths to a plugin config: `bpffsDir`, `stateDir`,
-    /// `agentSocket` (or `waitForPolicy: false` without one), and
-    /// `logFile` with `logLevel: debug`. The reference bridge plugin
-    /// ignores these keys, so a conflist with them serves both plugins.
+    /// `agentSocket` with `waitForPolicy: true` (or `waitForPolicy: false`
+    /// without one), and `logFile` with `logLevel: debug`. The reference
+    /// bridge plugin ignores these keys, so a conflist with them serves
+    /// both plugins.
     pub fn apply(&self, conf: &mut Value) {
         conf["bpffsDir"] = json!(self.bpffs_dir);
         conf["stateDir"] = json!(self.state_dir);
         match &self.agent_socket {
-            Some(socket) => conf["agentSocket"] = json!(socket),
+            Some(socket) => {
+                conf["agentSocket"] = json!(socket);
+                conf["waitForPolicy"] = json!(true);
+            }
             None => conf["waitForPolicy"] = json!(false),
         }
         if let Some(log) = &self.log_file {
@@ -202,9 +208,11 @@ impl Network {
 }
 
 /// What `"type": "sluice"` needs on the node besides the plugin binary: a
-/// pin directory that a `sluice-agent` loads, and a state dir, both the
-/// test's own. Build the network with [`Sluice::network`], the runtime's
-/// world with it, then [`Sluice::start_agent`] in the world's node netns.
+/// pin directory that a `sluice-agent` loads, a state dir shared by the
+/// plugin and the agent (`stateDir`, `--state-dir`) and the agent's socket
+/// (`agentSocket`, `--api-socket`), all the test's own. Build the network
+/// with [`Sluice::network`], the runtime's world with it, then
+/// [`Sluice::start_agent`] in the world's node netns.
 #[derive(Debug)]
 pub struct Sluice {
     bpffs: crate::BpffsDir,
@@ -223,13 +231,14 @@ impl Sluice {
         })
     }
 
-    /// The paths the conflist names: our pins and state dir, no policy
-    /// wait (no agent socket yet), the plugin's log in the state dir.
+    /// The paths the conflist names: our pins, state dir and agent
+    /// socket (ADD waits for the agent's confirmation), the plugin's log
+    /// beside them.
     pub fn paths(&self) -> SluicePaths {
         SluicePaths {
             bpffs_dir: self.bpffs.path().to_owned(),
             state_dir: self.state.path().join("state"),
-            agent_socket: None,
+            agent_socket: Some(self.state.path().join("agent.sock")),
             log_file: Some(self.state.path().join("plugin.log")),
         }
     }
@@ -240,18 +249,36 @@ impl Sluice {
         Network::sluice_bridge(third_octet, &self.paths())
     }
 
-    /// Starts `sluice-agent --bpffs-dir <ours>` in `node` and waits until
-    /// it has pinned the datapath; keep the guard for the test's length.
+    /// Starts `sluice-agent --bpffs-dir <ours> --state-dir <ours>
+    /// --api-socket <ours>` in `node` and waits until it has pinned the
+    /// datapath; keep the guard for the test's length.
     pub fn start_agent(&self, node: &Netns) -> anyhow::Result<crate::Agent> {
-        crate::Agent::start(node, &self.bpffs, &[])
+        let paths = self.paths();
+        let state = paths.state_dir.to_string_lossy().into_owned();
+        let socket = paths
+            .agent_socket
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .to_string_lossy()
+            .into_owned();
+        crate::Agent::start(
+            node,
+            &self.bpffs,
+            &["--state-dir", &state, "--api-socket", &socket],
+        )
     }
 
-    /// Files in the plugin's state dir (one per attachment): none must be
-    /// left after DEL.
+    /// The plugin's attachment records in its state dir (one file per
+    /// attachment; the agent's own files in `agent/` below it are not
+    /// records): none must be left after DEL.
     pub fn attachments(&self) -> Vec<PathBuf> {
-        let mut all = Vec::new();
-        collect_files(&self.paths().state_dir, &mut all);
-        all
+        fs::read_dir(self.paths().state_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+            .map(|e| e.path())
+            .collect()
     }
 
     /// The TCX link pins the plugin made (`links/tcx-<host veth>-ingress`
@@ -967,20 +994,6 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 collect_dirs(&entry.path(), out);
             }
-        }
-    }
-}
-
-/// Every non-directory entry at or below `dir`.
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_files(&entry.path(), out);
-        } else {
-            out.push(entry.path());
         }
     }
 }
