@@ -5,10 +5,10 @@
 
 use core::mem::size_of;
 
-use crate::prefilter::{CIDR4_KEY_SIZE, CIDR6_KEY_SIZE};
 use crate::policy::{
     CtEntry, CtKey, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue, PortRanges,
 };
+use crate::prefilter::{CIDR4_KEY_SIZE, CIDR6_KEY_SIZE};
 use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue};
 
 /// Default root of everything Sluice pins.

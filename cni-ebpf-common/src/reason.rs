@@ -93,11 +93,17 @@ impl Reason {
         (Self::PREFILTER_PASS_NO_MATCH, "prefilter-pass-no-match"),
         (Self::PREFILTER_PASS_NOT_IP, "prefilter-pass-not-ip"),
         (Self::PREFILTER_PASS_CIDR_ALLOW, "prefilter-pass-cidr-allow"),
-        (Self::PREFILTER_PASS_PROTO_ALLOW, "prefilter-pass-proto-allow"),
+        (
+            Self::PREFILTER_PASS_PROTO_ALLOW,
+            "prefilter-pass-proto-allow",
+        ),
         (Self::PREFILTER_DROP_PROTO, "prefilter-drop-proto"),
         (Self::PREFILTER_DROP_CIDR, "prefilter-drop-cidr"),
         (Self::PREFILTER_DROP_MALFORMED, "prefilter-drop-malformed"),
-        (Self::PREFILTER_DROP_IPV6_EXT_CHAIN, "prefilter-drop-ipv6-ext-chain"),
+        (
+            Self::PREFILTER_DROP_IPV6_EXT_CHAIN,
+            "prefilter-drop-ipv6-ext-chain",
+        ),
         (Self::FROM_POD_PASS, "from-pod-pass"),
         (Self::TO_POD_PASS, "to-pod-pass"),
         (Self::FROM_POD_PASS_NOT_IP, "from-pod-pass-not-ip"),
@@ -110,16 +116,43 @@ impl Reason {
         (Self::FROM_POD_PASS_POLICY, "from-pod-pass-policy"),
         (Self::TO_POD_PASS_POLICY, "to-pod-pass-policy"),
         (Self::TO_POD_PASS_HOST, "to-pod-pass-host"),
-        (Self::FROM_POD_PASS_NEIGHBOR_DISCOVERY, "from-pod-pass-neighbor-discovery"),
-        (Self::TO_POD_PASS_NEIGHBOR_DISCOVERY, "to-pod-pass-neighbor-discovery"),
-        (Self::FROM_POD_DROP_EGRESS_POLICY, "from-pod-drop-egress-policy"),
-        (Self::FROM_POD_DROP_INGRESS_POLICY, "from-pod-drop-ingress-policy"),
-        (Self::TO_POD_DROP_INGRESS_POLICY, "to-pod-drop-ingress-policy"),
-        (Self::FROM_POD_DROP_NOT_PROGRAMMED, "from-pod-drop-not-programmed"),
+        (
+            Self::FROM_POD_PASS_NEIGHBOR_DISCOVERY,
+            "from-pod-pass-neighbor-discovery",
+        ),
+        (
+            Self::TO_POD_PASS_NEIGHBOR_DISCOVERY,
+            "to-pod-pass-neighbor-discovery",
+        ),
+        (
+            Self::FROM_POD_DROP_EGRESS_POLICY,
+            "from-pod-drop-egress-policy",
+        ),
+        (
+            Self::FROM_POD_DROP_INGRESS_POLICY,
+            "from-pod-drop-ingress-policy",
+        ),
+        (
+            Self::TO_POD_DROP_INGRESS_POLICY,
+            "to-pod-drop-ingress-policy",
+        ),
+        (
+            Self::FROM_POD_DROP_NOT_PROGRAMMED,
+            "from-pod-drop-not-programmed",
+        ),
         (Self::FROM_POD_DROP_SPOOFED, "from-pod-drop-spoofed"),
-        (Self::TO_POD_DROP_NOT_PROGRAMMED, "to-pod-drop-not-programmed"),
-        (Self::FROM_POD_DROP_IPV6_EXT_CHAIN, "from-pod-drop-ipv6-ext-chain"),
-        (Self::TO_POD_DROP_IPV6_EXT_CHAIN, "to-pod-drop-ipv6-ext-chain"),
+        (
+            Self::TO_POD_DROP_NOT_PROGRAMMED,
+            "to-pod-drop-not-programmed",
+        ),
+        (
+            Self::FROM_POD_DROP_IPV6_EXT_CHAIN,
+            "from-pod-drop-ipv6-ext-chain",
+        ),
+        (
+            Self::TO_POD_DROP_IPV6_EXT_CHAIN,
+            "to-pod-drop-ipv6-ext-chain",
+        ),
         (Self::TO_POD_DROP_EGRESS_POLICY, "to-pod-drop-egress-policy"),
     ];
     /// The stable name of a code, `None` for codes not (or no longer) in use.
