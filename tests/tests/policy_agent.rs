@@ -850,6 +850,14 @@ fn established_connection_survives_an_unrelated_change_and_the_watch_applies_edi
     );
     assert!(!w.connects("a", "b", 80, SHORT));
 
+    // The tables for people.
+    let t = w.sluicectl(&["sync"]).unwrap();
+    assert!(t.starts_with("synced: revision ") && t.contains("nothing to change"), "{t}");
+    let t = w.sluicectl(&["status"]).unwrap();
+    eprintln!("{t}");
+    assert!(t.contains("agent") && t.contains("up (source manifests"), "{t}");
+    assert!(t.contains("enforcing         true"), "{t}");
+
     // And putting it back opens it again, also through the watch: time
     // from the edit to the first successful connection.
     let edited = Instant::now();
