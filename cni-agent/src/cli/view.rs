@@ -87,7 +87,7 @@ impl View {
         let content = maps.read()?;
         let records = read_state_dir(state_dir, None)
             .with_context(|| format!("reading {}", state_dir.display()))?;
-        let snapshot = Snapshot::load(state_dir).ok();
+        let snapshot = Snapshot::load(state_dir, layout.root()).ok();
         let mut endpoints: BTreeMap<u64, Endpoint> = BTreeMap::new();
         for (ip, info) in read_endpoints(layout)? {
             let e = endpoints

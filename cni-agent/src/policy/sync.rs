@@ -145,6 +145,9 @@ pub struct Snapshot {
     pub synced_at: u64,
     /// How long the sync took (µs).
     pub sync_micros: u64,
+    /// The pin directory whose maps this describes.
+    #[serde(default)]
+    pub bpffs_dir: PathBuf,
     /// The policy source.
     pub source: String,
     /// Whether policy is enforced.
@@ -169,8 +172,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads the snapshot of `state_dir`.
-    pub fn load(state_dir: &Path) -> anyhow::Result<Snapshot> {
+    /// Reads the snapshot of `state_dir` describing the maps under
+    /// `bpffs_dir` (one written for another pin directory, by an agent
+    /// sharing the state dir by mistake, is refused).
+    pub fn load(state_dir: &Path, bpffs_dir: &Path) -> anyhow::Result<Snapshot> {
         let path = snapshot_path(state_dir);
         let text = fs::read(&path).with_context(|| {
             format!(
@@ -178,7 +183,17 @@ impl Snapshot {
                 path.display()
             )
         })?;
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+        let s: Snapshot =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if s.bpffs_dir != bpffs_dir {
+            anyhow::bail!(
+                "{} describes the maps under {}, not {}",
+                path.display(),
+                s.bpffs_dir.display(),
+                bpffs_dir.display()
+            );
+        }
+        Ok(s)
     }
 
     /// Writes it (tmp + rename).
@@ -492,7 +507,7 @@ impl Engine {
             config_value = maps.set_enforce(false)?;
             tracing::info!("policy enforcement off (--policy-enforcement=false)");
         }
-        let previous = match Snapshot::load(&config.state_dir) {
+        let previous = match Snapshot::load(&config.state_dir, config.layout.root()) {
             Ok(s) => {
                 tracing::info!(
                     identities = s.identities.len(),
@@ -813,6 +828,7 @@ impl Engine {
             revision: self.config_value.revision,
             synced_at: now_secs(),
             sync_micros: micros,
+            bpffs_dir: self.config.layout.root().to_owned(),
             source: self.config.source.describe(),
             enforcing,
             allow_host: options.allow_host,
