@@ -852,10 +852,16 @@ fn established_connection_survives_an_unrelated_change_and_the_watch_applies_edi
 
     // The tables for people.
     let t = w.sluicectl(&["sync"]).unwrap();
-    assert!(t.starts_with("synced: revision ") && t.contains("nothing to change"), "{t}");
+    assert!(
+        t.starts_with("synced: revision ") && t.contains("nothing to change"),
+        "{t}"
+    );
     let t = w.sluicectl(&["status"]).unwrap();
     eprintln!("{t}");
-    assert!(t.contains("agent") && t.contains("up (source manifests"), "{t}");
+    assert!(
+        t.contains("agent") && t.contains("up (source manifests"),
+        "{t}"
+    );
     assert!(t.contains("enforcing         true"), "{t}");
 
     // And putting it back opens it again, also through the watch: time
@@ -1242,4 +1248,65 @@ fn the_node_reaches_pods_unless_no_allow_host() {
             .all(|e| e["allowHost"] == false),
         "{eps}"
     );
+}
+
+/// Eight ADDs at once, each waiting for its policy: the agent batches what
+/// arrives together into one sync, and every ADD returns programmed.
+#[test]
+fn parallel_waited_adds_are_all_programmed() {
+    let mut w = World::new(&[]);
+    w.write_manifest("10-deny-all.yaml", DENY_ALL);
+    w.sync();
+    let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let nss: Vec<Netns> = names.iter().map(|_| Netns::new().unwrap()).collect();
+    let started = Instant::now();
+    let runs: Vec<(String, Run)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .zip(&nss)
+            .map(|(name, ns)| {
+                let w = &w;
+                scope.spawn(move || {
+                    let cid = format!("pol-{name}-{}", random_hex(8));
+                    let run = w.plugin("ADD", &cid, Some(ns.path()), name, &w.conf(true, 10_000));
+                    (cid, run)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wall = started.elapsed();
+    let slowest = runs.iter().map(|(_, r)| r.took).max().unwrap();
+    eprintln!("8 parallel ADDs with waitForPolicy: wall {wall:?}, slowest {slowest:?}");
+    for ((cid, run), (name, ns)) in runs.into_iter().zip(names.iter().zip(nss)) {
+        let result = run.ok();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap();
+        let ip6 = result["ips"][1]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(Ipv6Addr::UNSPECIFIED);
+        w.pods.push(Pod {
+            name: name.clone(),
+            ns,
+            cid,
+            ip,
+            ip6,
+            _servers: Vec::new(),
+        });
+    }
+    let eps = w.sluicectl_json(&["endpoints"]);
+    let eps = eps.as_array().unwrap();
+    assert_eq!(eps.len(), 8, "{eps:?}");
+    assert!(
+        eps.iter()
+            .all(|e| e["programmed"] == true && e["ingressIsolated"] == true),
+        "{eps:?}"
+    );
+    let syncs = w.agent().log().matches("policy synced in").count();
+    eprintln!("syncs that changed the maps: {syncs} (8 ADDs + 1 policy)");
 }
