@@ -185,6 +185,13 @@ impl Snapshot {
         })?;
         let s: Snapshot =
             serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if s.version > SNAPSHOT_VERSION {
+            anyhow::bail!(
+                "{} has version {}; this build reads versions up to {SNAPSHOT_VERSION}",
+                path.display(),
+                s.version
+            );
+        }
         if s.bpffs_dir != bpffs_dir {
             anyhow::bail!(
                 "{} describes the maps under {}, not {}",
