@@ -49,6 +49,7 @@
 pub mod compile;
 pub mod explain;
 pub mod identity;
+pub mod kube;
 pub mod manifests;
 pub mod model;
 pub mod ports;
