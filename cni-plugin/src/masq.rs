@@ -105,6 +105,10 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_APPEND: u16 = 0x800;
+/// On NFT_MSG_DELCHAIN/DELTABLE: fail with `EBUSY` when the chain still has
+/// rules (the table still has chains) instead of deleting them with it
+/// (`nf_tables_delchain`, `nf_tables_deltable`).
+const NLM_F_NONREC: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
@@ -700,9 +704,19 @@ pub fn remove(endpoint_id: u64) -> CniResult<usize> {
     // on every DEL of a network without ipMasq (DEL always cleans up: the
     // config may have changed since ADD).
     if left == 0 && (!mine.is_empty() || table_exists()?) {
+        // NONREC: without it the kernel deletes chain and table together
+        // with every rule in them, also one a concurrent ADD committed
+        // after the list above; and rules of a deleted and recreated table
+        // get the same handles again, so another DEL's DELRULE by handle
+        // could then remove a new pod's rule.
         let msgs = vec![
-            (NFT_MSG_DELCHAIN, 0, NFPROTO_INET, chain_attrs(false)),
-            (NFT_MSG_DELTABLE, 0, NFPROTO_INET, table_attrs()),
+            (
+                NFT_MSG_DELCHAIN,
+                NLM_F_NONREC,
+                NFPROTO_INET,
+                chain_attrs(false),
+            ),
+            (NFT_MSG_DELTABLE, NLM_F_NONREC, NFPROTO_INET, table_attrs()),
         ];
         match nft.batch(&msgs)? {
             // EBUSY: a rule was added meanwhile, the table is still needed.
