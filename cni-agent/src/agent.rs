@@ -148,6 +148,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         stats.clone(),
     )?;
     let listener = api::bind(&config.api_socket)?;
+    let socket_file = api::SocketFile::of(&config.api_socket);
     let (tx, rx) = mpsc::channel();
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -209,7 +210,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     for task in [logs, metrics, Some(api_task)].into_iter().flatten() {
         task.abort();
     }
-    let _ = std::fs::remove_file(&config.api_socket);
+    socket_file.remove_if_ours();
     // Dropping `ebpf` closes our fds only: maps, programs and links live on
     // through their pins.
     drop(ebpf);

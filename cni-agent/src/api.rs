@@ -116,6 +116,32 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Which file the socket is, to remove it on exit only if no later agent
+/// has replaced it since.
+#[derive(Clone, Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    ino: Option<u64>,
+}
+
+impl SocketFile {
+    /// The socket file at `path` now.
+    pub fn of(path: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            path: path.to_owned(),
+            ino: std::fs::symlink_metadata(path).ok().map(|m| m.ino()),
+        }
+    }
+
+    /// Removes the file if it is still the one bound.
+    pub fn remove_if_ours(&self) {
+        if self.ino.is_some() && Self::of(&self.path).ino == self.ino {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Serves `listener`, passing requests to the engine on `engine`.
 pub async fn serve(listener: UnixListener, engine: mpsc::Sender<Envelope>) {
     loop {

@@ -62,8 +62,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (none yet).
-    Bench,
+    /// Benchmarks against a baseline measured in the same run (root):
+    /// build --release, then `sluice-bench`; results in bench/results/.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -90,9 +91,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Install { prefix, release } => install::run(&ctx, &prefix, release),
         Command::Test { filter } => test::run(&ctx, filter.as_deref()),
         Command::Demo { args } => demo::run(&ctx, &args),
-        Command::Bench => {
-            bench::run();
-            Ok(())
-        }
+        Command::Bench(args) => bench::run(&ctx, &args),
     }
 }
