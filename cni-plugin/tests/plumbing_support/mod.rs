@@ -176,9 +176,15 @@ impl Pins {
         let fd = File::open(&ns.path).unwrap();
         let raw = fd.as_raw_fd();
         let log = std::env::temp_dir().join(format!("sluice-pt-agent-{}.log", random_hex(6)));
+        // Private state dir and API socket: no test touches /var/run/sluice.
+        let private = std::env::temp_dir().join(format!("sluice-pt-agent-{}", random_hex(6)));
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--bpffs-dir")
             .arg(&pins.dir)
+            .arg("--state-dir")
+            .arg(private.join("state"))
+            .arg("--api-socket")
+            .arg(private.join("agent.sock"))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(File::create(&log).unwrap())
@@ -237,6 +243,7 @@ impl Pins {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_dir_all(&private);
         pins
     }
 
