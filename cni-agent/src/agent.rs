@@ -22,6 +22,7 @@ use crate::{
     maps::{prefilter::PrefilterMaps, PinLock},
     metrics,
     policy::{
+        kube::{wait_first_lists, KubeOptions, FIRST_LIST_WAIT},
         source::Source,
         sync::{Engine, EngineConfig, PolicyStats},
     },
@@ -49,6 +50,8 @@ pub struct AgentConfig {
     pub api_socket: PathBuf,
     /// Manifests directory (the policy source), if any.
     pub manifests: Option<PathBuf>,
+    /// The Kubernetes API as the policy source, if selected.
+    pub kube: Option<KubeOptions>,
     /// The node's addresses; empty: those of the agent's network namespace.
     pub node_addresses: Vec<IpAddr>,
     /// Let the node reach every pod whatever ingress policy says.
@@ -58,7 +61,7 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// The policy source.
+    /// The policy source, but for the Kubernetes API (started by [`run`]).
     pub fn source(&self) -> Source {
         match &self.manifests {
             Some(dir) => Source::Manifests(dir.clone()),
@@ -69,7 +72,7 @@ impl AgentConfig {
     /// Whether policy is enforced.
     pub fn enforce(&self) -> bool {
         self.policy_enforcement
-            .unwrap_or_else(|| self.source().is_some())
+            .unwrap_or_else(|| self.source().is_some() || self.kube.is_some())
     }
 }
 
@@ -120,6 +123,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             anyhow::bail!("--manifests {}: not a directory", dir.display());
         }
     }
+    // The watches start before the datapath loads: an unusable kubeconfig
+    // fails before anything changes, and the lists arrive meanwhile.
+    let source = match &config.kube {
+        Some(kube) => kube.start_source().await?,
+        None => config.source(),
+    };
     let (layout, mut ebpf) = setup(&config)?;
 
     // eBPF log records (aya-log) go into this process's log. The ring
@@ -135,7 +144,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // The policy engine, on a thread of its own (map writes are blocking
     // syscalls). It syncs once before the agent reports ready.
     let stats = Arc::new(Mutex::new(PolicyStats::default()));
-    let source = config.source();
+    wait_first_lists(&source, FIRST_LIST_WAIT).await;
     let mut engine = Engine::start(
         EngineConfig {
             layout: layout.clone(),

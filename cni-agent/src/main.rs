@@ -12,6 +12,7 @@ use cni_agent::{
     api::{DEFAULT_API_SOCKET, DEFAULT_STATE_DIR},
     bpffs::PinLayout,
     cleanup::cleanup,
+    policy::kube::KubeArgs,
 };
 use cni_ebpf_common::maps::DEFAULT_BPFFS_DIR;
 
@@ -60,6 +61,8 @@ struct Args {
     /// nothing and are logged with the object named.
     #[arg(long, value_name = "DIR")]
     manifests: Option<PathBuf>,
+    #[command(flatten)]
+    kube: KubeArgs,
     /// An address of this node (identity "host"; repeatable). Default: the
     /// addresses of the agent's network namespace, re-read at every sync.
     #[arg(long = "node-address", value_name = "IP")]
@@ -129,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         state_dir: args.state_dir,
         api_socket: args.api_socket,
+        kube: args.kube.options(args.manifests.is_some())?,
         manifests: args.manifests,
         node_addresses: args.node_addresses,
         allow_host: !args.no_allow_host,

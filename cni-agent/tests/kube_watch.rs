@@ -11,7 +11,8 @@ mod kube_support;
 use std::{future::Future, time::Duration};
 
 use cni_agent::policy::{
-    kube::{ClusterConfig, KubeSource, KubeView},
+    kube::{wait_first_lists, ClusterConfig, KubeArgs, KubeError, KubeSource, KubeView},
+    source::Source,
     Cluster, Manifests, ObjectKey,
 };
 use kube_support::{kubeconfig_for, FakeApi, Gone, Res};
@@ -237,7 +238,7 @@ fn watch_events_converge() {
         .await;
 
         // MODIFIED: a change policy does not read is no change.
-        let g = src.generation();
+        let g = src.generation().unwrap();
         let mut churn = pod(
             "shop",
             "web-1",
@@ -485,11 +486,55 @@ fn unreachable_api_server_is_retried() {
             .unwrap();
         let err = src.cluster().unwrap_err().to_string();
         assert!(err.contains("waiting for the first list"), "{err}");
-        assert_eq!(src.generation(), 0);
+        assert_eq!(src.generation(), None);
+        let unsynced = Source::Kube(src.clone());
+        assert!(unsynced.load().is_err());
+        assert!(unsynced.fingerprint().is_empty());
 
         let api = FakeApi::start_on(addr).await;
         seed(&api);
         let v = converge_to_api(&src, &api, "API server up").await;
         assert!(v.errors.is_empty(), "{:?}", v.errors);
+    });
+}
+
+/// The agent's side: flags → options → `Source::Kube`, whose fingerprint
+/// moves with the watches and whose load is the watched cluster.
+#[test]
+fn agent_source_follows_the_watches() {
+    bounded(async {
+        let api = FakeApi::start().await;
+        seed(&api);
+        let dir = tempfile::tempdir().unwrap();
+        let args = KubeArgs {
+            kubeconfig: Some(api.kubeconfig(dir.path())),
+            node_name: Some("node-7".into()),
+        };
+        assert!(matches!(args.options(true), Err(KubeError::TwoSources)));
+        let options = args.options(false).unwrap().expect("a Kubernetes source");
+        assert_eq!(options.node_name, "node-7");
+        let source = options.start_source().await.unwrap();
+        assert!(source.is_some());
+        wait_first_lists(&source, STEP).await;
+        assert!(
+            source.describe().contains("node-7"),
+            "{}",
+            source.describe()
+        );
+        assert_eq!(source.load().unwrap(), expected(&api));
+
+        let before = source.fingerprint();
+        assert!(!before.is_empty());
+        api.wait_watching().await;
+        api.apply(
+            Res::Pods,
+            pod("db", "pg-1", json!({"app": "pg"}), "10.0.1.8"),
+        );
+        while source.fingerprint() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(source.load().unwrap(), expected(&api));
+        // Clones are the same source (the engine compares configurations).
+        assert_eq!(source.clone(), source);
     });
 }

@@ -69,7 +69,7 @@ pub use self::{
     convert::{Kind, ObjectId},
     store::KubeView,
 };
-use super::model::Cluster;
+use super::{model::Cluster, source::Source};
 
 /// Read timeout of API requests when the configuration sets none: a little
 /// over the watch timeout (290 s, after which the API server closes a watch),
@@ -206,6 +206,82 @@ pub fn default_node_name() -> String {
         .unwrap_or_default()
 }
 
+/// How long the agent waits for the first lists before its first policy
+/// sync. Past it the agent goes on: the policy maps keep what an earlier
+/// agent installed, and the source syncs when the lists arrive.
+pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(15);
+
+/// `sluice-agent`'s Kubernetes flags (`#[command(flatten)]`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KubeArgs {
+    /// Watch NetworkPolicies, Pods and Namespaces of the cluster this
+    /// kubeconfig names (files separated by ':' are merged). Without it:
+    /// $KUBECONFIG, else the pod's service account when running in a
+    /// cluster, unless --manifests is given.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name in Kubernetes [default: the host name].
+    #[arg(long, env = "SLUICE_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+impl KubeArgs {
+    /// The Kubernetes source the flags and the environment select, if any
+    /// (`manifests`: whether `--manifests` was given).
+    pub fn options(&self, manifests: bool) -> Result<Option<KubeOptions>, KubeError> {
+        let config = ClusterConfig::from_env(self.kubeconfig.as_deref(), manifests)?;
+        Ok(config.map(|config| KubeOptions {
+            config,
+            node_name: self
+                .node_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(default_node_name),
+        }))
+    }
+}
+
+/// A Kubernetes source to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeOptions {
+    /// Which API server.
+    pub config: ClusterConfig,
+    /// This node's name.
+    pub node_name: String,
+}
+
+impl KubeOptions {
+    /// Loads the configuration and starts the watches (in the current
+    /// tokio runtime). Returns at once; fails only on a configuration that
+    /// cannot be used (unreadable kubeconfig, no service account).
+    pub async fn start_source(&self) -> Result<Source, KubeError> {
+        Ok(Source::Kube(
+            KubeSource::start(&self.config, &self.node_name).await?,
+        ))
+    }
+}
+
+/// Waits up to `wait` ([`FIRST_LIST_WAIT`]) for a Kubernetes source's first
+/// lists (at once for other sources), so that the agent's first sync has
+/// the cluster; past it, logs why and returns.
+pub async fn wait_first_lists(source: &Source, wait: Duration) {
+    let Source::Kube(src) = source else {
+        return;
+    };
+    if !src.wait_synced(wait).await {
+        let err = src
+            .cluster()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let errors = src.view().errors;
+        tracing::warn!(
+            ?errors,
+            "{err} after {wait:?}; going on, policy follows once it is listed"
+        );
+    }
+}
+
 /// Stops the tasks when the last [`KubeSource`] goes.
 struct Tasks(Vec<JoinHandle<()>>);
 
@@ -275,7 +351,7 @@ impl KubeSource {
                 missing: view
                     .missing()
                     .iter()
-                    .map(|k| format!("{k}s"))
+                    .map(|k| k.plural())
                     .collect::<Vec<_>>()
                     .join(", "),
             })
@@ -283,14 +359,10 @@ impl KubeSource {
     }
 
     /// Moves on whenever [`KubeSource::cluster`] would return something
-    /// else (0 until synced).
-    pub fn generation(&self) -> u64 {
+    /// else; `None` until every kind has been listed.
+    pub fn generation(&self) -> Option<u64> {
         let view = self.view.borrow();
-        if view.synced() {
-            view.generation
-        } else {
-            0
-        }
+        view.synced().then_some(view.generation)
     }
 
     /// Waits until every kind has been listed once; false on timeout.

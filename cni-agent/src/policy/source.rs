@@ -8,6 +8,10 @@
 //! force and the error (naming file, object and field) is reported. Without
 //! a source the cluster is empty: no policy selects anything.
 //!
+//! In a cluster: the Kubernetes API (`--kubeconfig`, `KUBECONFIG`, or the
+//! service account), watched by [`super::kube`]; its fingerprint is the
+//! watches' generation, so the same polling picks their changes up.
+//!
 //! Endpoints name their pods by `K8S_POD_NAMESPACE`/`K8S_POD_NAME`; a pod
 //! the source does not have is taken as a pod with no labels
 //! ([`with_local_pods`]).
@@ -21,6 +25,7 @@ use std::{
 
 use super::{
     compile::LocalEndpoint,
+    kube::{KubeError, KubeSource},
     manifests::{load_dir, ManifestError},
     model::{Cluster, Pod},
 };
@@ -35,6 +40,19 @@ pub enum Source {
     None,
     /// A manifests directory.
     Manifests(PathBuf),
+    /// The Kubernetes API (running watches).
+    Kube(KubeSource),
+}
+
+/// Why a source did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Invalid manifests.
+    #[error(transparent)]
+    Manifests(#[from] ManifestError),
+    /// The Kubernetes API has not been listed yet.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 /// What identifies the content of a directory without reading it.
@@ -42,10 +60,11 @@ pub type Fingerprint = Vec<(String, u64, Option<SystemTime>, u64)>;
 
 impl Source {
     /// Loads the cluster.
-    pub fn load(&self) -> Result<Cluster, ManifestError> {
+    pub fn load(&self) -> Result<Cluster, SourceError> {
         match self {
             Source::None => Ok(Cluster::new()),
-            Source::Manifests(dir) => load_dir(dir),
+            Source::Manifests(dir) => Ok(load_dir(dir)?),
+            Source::Kube(kube) => Ok(kube.cluster()?),
         }
     }
 
@@ -59,6 +78,10 @@ impl Source {
         match self {
             Source::None => Vec::new(),
             Source::Manifests(dir) => dir_fingerprint(dir),
+            Source::Kube(kube) => kube
+                .generation()
+                .map(|g| vec![("kubernetes".to_owned(), g, None, 0)])
+                .unwrap_or_default(),
         }
     }
 
@@ -67,6 +90,7 @@ impl Source {
         match self {
             Source::None => "none".into(),
             Source::Manifests(dir) => format!("manifests {}", dir.display()),
+            Source::Kube(kube) => kube.describe(),
         }
     }
 }

@@ -39,6 +39,15 @@ pub enum Kind {
 impl Kind {
     /// Every watched kind.
     pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+
+    /// `Namespaces`, `Pods`, `NetworkPolicies`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespaces",
+            Kind::Pod => "Pods",
+            Kind::NetworkPolicy => "NetworkPolicies",
+        }
+    }
 }
 
 impl fmt::Display for Kind {

@@ -163,8 +163,9 @@ impl Store {
             objects = total,
             refused,
             removed = gone.len(),
-            "{} list of {kind}s complete",
-            if first { "first" } else { "re" }
+            "{} of {} complete",
+            if first { "first list" } else { "relist" },
+            kind.plural()
         );
         // `lists` moved on, at least.
         true

@@ -117,12 +117,14 @@ async fn watch_kind<K: Watched>(api: Api<K>, tx: mpsc::Sender<(Kind, Change)>) {
                     if restart || gone_event(&err) {
                         tracing::info!(
                             kind = %kind,
-                            "watch of {kind}s: resourceVersion expired (410 Gone), listing again in {delay:?}"
+                            "watch of {}: resourceVersion expired (410 Gone), listing again in {delay:?}",
+                            kind.plural()
                         );
                     } else {
                         tracing::warn!(
                             kind = %kind,
-                            "watch of {kind}s failed, retrying in {delay:?}: {err}"
+                            "watch of {} failed, retrying in {delay:?}: {err}",
+                            kind.plural()
                         );
                     }
                     if tx
