@@ -14,7 +14,7 @@ mod bpf {
     mod prefilter;
 
     use aya_ebpf::{
-        bindings::{xdp_action, TC_ACT_OK},
+        bindings::{xdp_action, TC_ACT_UNSPEC},
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
@@ -32,14 +32,14 @@ mod bpf {
     /// ADD): sees every packet the pod sends.
     #[classifier]
     pub fn from_pod(ctx: TcContext) -> i32 {
-        pod::try_from_pod(&ctx).unwrap_or(TC_ACT_OK)
+        pod::try_from_pod(&ctx).unwrap_or(TC_ACT_UNSPEC)
     }
 
     /// TCX egress on the host side of a pod veth (attached by the plugin on
     /// ADD): sees every packet delivered to the pod.
     #[classifier]
     pub fn to_pod(ctx: TcContext) -> i32 {
-        pod::try_to_pod(&ctx).unwrap_or(TC_ACT_OK)
+        pod::try_to_pod(&ctx).unwrap_or(TC_ACT_UNSPEC)
     }
 
     #[panic_handler]

@@ -35,8 +35,9 @@ use cni_ebpf_common::{
 };
 use ipnet::IpNet;
 
-/// `TC_ACT_OK` from `linux/pkt_cls.h`.
-pub const TC_ACT_OK: u32 = 0;
+/// `TCX_NEXT` (`TC_ACT_UNSPEC`, -1): pass on to the next program and the
+/// classic tc hooks (bandwidth, ...). The pod programs' pass verdict.
+pub const TCX_NEXT: u32 = u32::MAX;
 /// `TC_ACT_SHOT` from `linux/pkt_cls.h`.
 pub const TC_ACT_SHOT: u32 = 2;
 

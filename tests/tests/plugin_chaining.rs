@@ -492,12 +492,11 @@ fn reference_bridge_first_then_portmap_tuning_bandwidth() {
 /// what arrives on the host veth (tc ingress, a `mirred` filter) to its
 /// ifb, whose `tbf` must then have seen those bytes.
 ///
-/// With Sluice first this fails today: Sluice's `from_pod` is attached to
-/// the same host veth with TCX, and the kernel runs the legacy tc ingress
-/// (where bandwidth's filter sits) only when the TCX programs answer
-/// `TCX_NEXT`; `from_pod` answers `TC_ACT_OK` (= `TCX_PASS`), which ends
-/// ingress processing there (`sch_handle_ingress` in net/core/dev.c). With
-/// Sluice's two link pins removed, the same transfer puts 1.1 MB through
+/// With Sluice first this needs `from_pod`, attached to the same host veth
+/// with TCX, to pass with `TCX_NEXT`: the kernel runs the legacy tc
+/// ingress (where bandwidth's filter sits) only then; `TC_ACT_OK`
+/// (= `TCX_PASS`) would end ingress processing there (`sch_handle_ingress`
+/// in net/core/dev.c) and 0 bytes would reach
 /// the ifb's `tbf`. The ingress rate (a root `tbf` qdisc on the host veth,
 /// after TCX egress) is not affected and is checked in the chain test.
 fn egress_shaping_applies(first: &'static str) {
@@ -531,10 +530,6 @@ fn bandwidth_egress_shaping_applies_reference_bridge() {
 }
 
 #[test]
-#[ignore = "datapath bug: from_pod returns TC_ACT_OK (TCX_PASS) on the host veth's TCX ingress, \
-            which ends ingress processing before the legacy tc ingress qdisc, so bandwidth's \
-            mirred redirect to its ifb never runs (0 bytes shaped); passing with TCX_NEXT \
-            (TC_ACT_UNSPEC) would fix it (cni-ebpf/src/bpf/pod.rs `finish`)"]
 fn bandwidth_egress_shaping_applies() {
     require_root("bandwidth_egress_shaping_applies");
     egress_shaping_applies("sluice");

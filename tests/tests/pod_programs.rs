@@ -1,5 +1,5 @@
 //! The tc programs of pod veths, `from_pod` and `to_pod`, run with
-//! BPF_PROG_TEST_RUN on crafted frames: every frame is passed (TC_ACT_OK)
+//! BPF_PROG_TEST_RUN on crafted frames: every frame is passed on (TCX_NEXT)
 //! and counted under exactly one reason of its direction, with skb->len
 //! bytes. `from_pod` passes IP from a known endpoint address (the
 //! `ENDPOINTS` map) as FROM_POD_PASS and anything else as
@@ -31,8 +31,9 @@ use cni_ebpf_common::{
 };
 use tests::frames::*;
 
-/// `TC_ACT_OK` from `linux/pkt_cls.h`.
-const TC_ACT_OK: u32 = 0;
+/// `TCX_NEXT` (`TC_ACT_UNSPEC`, -1): pass on to the next program and the
+/// classic tc hooks (bandwidth, ...). The pod programs' pass verdict.
+const TCX_NEXT: u32 = u32::MAX;
 
 /// A pin directory removed on drop, even when the test panics.
 struct PinDir(PinLayout);
@@ -148,7 +149,7 @@ impl Datapath {
         prog.test_run(opts).map(|r| r.return_value)
     }
 
-    /// Runs `frame` through `dir` once and asserts TC_ACT_OK and that
+    /// Runs `frame` through `dir` once and asserts TCX_NEXT and that
     /// exactly `reason` counted one packet of `frame.len()` bytes.
     #[track_caller]
     fn expect(&self, what: &str, dir: Direction, frame: &[u8], reason: Reason) {
@@ -156,7 +157,7 @@ impl Datapath {
         let action = self
             .try_run(dir, frame, 1)
             .unwrap_or_else(|e| panic!("{what}: {} test_run failed: {e:?}", dir.prog));
-        assert_eq!(action, TC_ACT_OK, "{what}: {} returns TC_ACT_OK", dir.prog);
+        assert_eq!(action, TCX_NEXT, "{what}: {} returns TCX_NEXT", dir.prog);
         let expected = Reasons::from([(reason.0, (1, frame.len() as u64))]);
         assert_eq!(
             delta(&before, &self.reasons()),
@@ -326,7 +327,7 @@ fn expect_refused_or_malformed(dp: &Datapath, what: &str, dir: Direction, frame:
             );
         }
         Ok(action) => {
-            assert_eq!(action, TC_ACT_OK, "{what}: {} returns TC_ACT_OK", dir.prog);
+            assert_eq!(action, TCX_NEXT, "{what}: {} returns TCX_NEXT", dir.prog);
             let expected = Reasons::from([(dir.malformed.0, (1, frame.len() as u64))]);
             assert_eq!(delta(&before, &dp.reasons()), expected, "{what}: malformed");
         }
@@ -397,13 +398,13 @@ fn counters_are_exact_per_direction_and_leave_the_prefilter_alone() {
     let bad = Ipv4::new(POD4, PEER4, IPPROTO_TCP).ihl(3).frame(&[]);
     const N: u64 = 6;
     for _ in 0..N {
-        assert_eq!(dp.try_run(FROM_POD, &v4, 1).expect("from_pod"), TC_ACT_OK);
+        assert_eq!(dp.try_run(FROM_POD, &v4, 1).expect("from_pod"), TCX_NEXT);
     }
     // `repeat` runs the program that many times in one call.
-    assert_eq!(dp.try_run(FROM_POD, &big, 4).expect("from_pod"), TC_ACT_OK);
-    assert_eq!(dp.try_run(TO_POD, &big, 3).expect("to_pod"), TC_ACT_OK);
-    assert_eq!(dp.try_run(TO_POD, &arp, 2).expect("to_pod"), TC_ACT_OK);
-    assert_eq!(dp.try_run(FROM_POD, &bad, 5).expect("from_pod"), TC_ACT_OK);
+    assert_eq!(dp.try_run(FROM_POD, &big, 4).expect("from_pod"), TCX_NEXT);
+    assert_eq!(dp.try_run(TO_POD, &big, 3).expect("to_pod"), TCX_NEXT);
+    assert_eq!(dp.try_run(TO_POD, &arp, 2).expect("to_pod"), TCX_NEXT);
+    assert_eq!(dp.try_run(FROM_POD, &bad, 5).expect("from_pod"), TCX_NEXT);
     let (v4_len, big_len) = (v4.len() as u64, big.len() as u64);
     let expected = Reasons::from([
         (Reason::FROM_POD_PASS.0, (N + 4, N * v4_len + 4 * big_len)),

@@ -1,6 +1,6 @@
 //! NetworkPolicy in the pod programs, `from_pod` and `to_pod`, under
 //! BPF_PROG_TEST_RUN: crafted frames against maps written directly, every
-//! verdict proved by its return code (TC_ACT_SHOT for drops, TC_ACT_OK
+//! verdict proved by its return code (TC_ACT_SHOT for drops, TCX_NEXT
 //! otherwise), by an exact change of the reason counters (one packet, the
 //! frame's bytes, under exactly one reason) and, for policy drops, by the
 //! one `DropEvent` on the `POLICY_EVENTS` ring buffer.
@@ -38,7 +38,7 @@ use cni_ebpf_common::{
 };
 use ipnet::IpNet;
 use tests::{
-    datapath::{ct_key, delta, family_and_bytes, Datapath, Reasons, TC_ACT_OK, TC_ACT_SHOT},
+    datapath::{ct_key, delta, family_and_bytes, Datapath, Reasons, TCX_NEXT, TC_ACT_SHOT},
     frames::*,
 };
 
@@ -351,7 +351,7 @@ impl Node {
         let action = if reason.is_drop() {
             TC_ACT_SHOT
         } else {
-            TC_ACT_OK
+            TCX_NEXT
         };
         let expected = Reasons::from([(reason.0, (1, frame.len() as u64))]);
         let counted = delta(&before, &self.dp.reasons());
@@ -1297,7 +1297,7 @@ fn neighbour_discovery_is_not_subject_to_policy() {
         let before = node.dp.reasons();
         let result = node.dp.try_run(prog, frame, 1).expect("test_run");
         let counted = delta(&before, &node.dp.reasons());
-        if result.return_value != TC_ACT_OK {
+        if result.return_value != TCX_NEXT {
             failures.push(format!(
                 "case {i} ({prog}): {:?}",
                 counted

@@ -8,7 +8,7 @@
 //! its replies and later packets pass on one lookup.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
 use cni_ebpf_common::{policy::POLICY_CONFIG_F_ENFORCE, prefilter::FAMILY_IPV6, Reason};
@@ -57,7 +57,10 @@ fn finish(reason: Reason, bytes: u64) -> Result<i32, ()> {
     Ok(if reason.is_drop() {
         TC_ACT_SHOT
     } else {
-        TC_ACT_OK
+        // TCX_NEXT, not TC_ACT_OK (= TCX_PASS): passing on keeps the next
+        // TCX programs and the classic tc hooks (e.g. the bandwidth plugin's
+        // ingress redirect to its ifb) in the path.
+        TC_ACT_UNSPEC
     })
 }
 
