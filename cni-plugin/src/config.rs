@@ -465,7 +465,9 @@ impl NetConf {
             agent_socket: top
                 .abs_path("agentSocket")?
                 .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.into()),
-            wait_for_policy: top.boolean("waitForPolicy")?.unwrap_or(false),
+            // On by default (DESIGN: policy before the pod's first packet);
+            // a node without sluice-agent's policy engine turns it off.
+            wait_for_policy: top.boolean("waitForPolicy")?.unwrap_or(true),
             policy_timeout: Duration::from_millis(policy_timeout_ms),
             log_level,
             log_file: top.abs_path("logFile")?,
@@ -1026,7 +1028,7 @@ mod tests {
         assert_eq!(c.bpffs_dir, Path::new("/sys/fs/bpf/sluice"));
         assert_eq!(c.state_dir, Path::new("/var/run/sluice"));
         assert_eq!(c.agent_socket, Path::new("/var/run/sluice/agent.sock"));
-        assert!(!c.wait_for_policy);
+        assert!(c.wait_for_policy);
         assert_eq!(c.policy_timeout, Duration::from_millis(5000));
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.log_file, None);

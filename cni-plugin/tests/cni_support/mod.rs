@@ -234,6 +234,9 @@ impl World {
             "bpffsDir": self.pins.dir,
             "stateDir": self.state_dir(),
             "agentSocket": self.socket(),
+            // No agent answers on this world's socket unless a test starts
+            // one (or a fake); tests of the waiting path turn it on.
+            "waitForPolicy": false,
             "logLevel": "debug",
             "ipam": {
                 "type": "sluice-ipam",

@@ -181,6 +181,9 @@ impl Side {
             conf["bpffsDir"] = json!(bpffs);
             conf["stateDir"] = json!(self.dir.join("state"));
             conf["agentSocket"] = json!(self.dir.join("agent.sock"));
+            // Measured like the reference: ADD notifies the agent but does
+            // not wait for policy (the default waits; see the README).
+            conf["waitForPolicy"] = false.into();
         }
         conf
     }
