@@ -12,6 +12,9 @@
 //! - [`datapath`]: the datapath loaded into a pin directory of the test's
 //!   own, map writes, program runs, counters and drop events.
 //! - [`world`]: ready-made topologies ([`TwoHosts`]).
+//! - [`policy_world`]: the NetworkPolicy scenario cluster (9 pods through
+//!   the real plugin, the agent, TCP/UDP servers, matrix probes, SCTP
+//!   under BPF_PROG_TEST_RUN).
 //! - [`runtime`]: real container runtimes (podman, containerd) calling a
 //!   CNI plugin.
 //! - [`cni`]: CNI plugins and conflists run by hand, the way libcni runs
@@ -28,6 +31,7 @@ pub mod dhcp;
 pub mod frames;
 pub mod link;
 pub mod netns;
+pub mod policy_world;
 pub mod runtime;
 pub mod traffic;
 pub mod world;
