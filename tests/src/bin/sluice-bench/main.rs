@@ -13,6 +13,7 @@
 
 mod cni;
 mod machine;
+mod policy;
 mod stats;
 
 use std::{
@@ -30,10 +31,16 @@ use nix::sys::signal::{SigSet, Signal};
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Every group: name and what it measures.
-const GROUPS: &[(&str, &str)] = &[(
-    "cni",
-    "ADD/DEL latency of sluice vs the reference bridge plugin",
-)];
+const GROUPS: &[(&str, &str)] = &[
+    (
+        "cni",
+        "ADD/DEL latency of sluice vs the reference bridge plugin",
+    ),
+    (
+        "policy",
+        "NetworkPolicy: per-packet cost, pod throughput/conn/s, sync",
+    ),
+];
 
 #[derive(Parser)]
 #[command(
@@ -121,6 +128,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 let params = cni::Params::new(cli.quick, cli.samples, cli.parallel);
                 cni::run(&params, &out, &workspace)?;
             }
+            "policy" => policy::run(&policy::Params::new(cli.quick), &out, &workspace)?,
             other => bail!("group {other} has no runner"),
         }
         println!("== {name} done in {:.0} s", started.elapsed().as_secs_f64());
