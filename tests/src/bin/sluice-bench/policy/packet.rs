@@ -187,7 +187,7 @@ pub fn run(repeat: u32, flows: u16, reps: usize) -> anyhow::Result<Result> {
     dp.allow(allow);
     let filler = |i: u32| PolicyKey {
         endpoint_id: 0x1_0000_0000 + u64::from(i % 4096),
-        direction: if i % 2 == 0 {
+        direction: if i.is_multiple_of(2) {
             DIRECTION_EGRESS
         } else {
             DIRECTION_INGRESS
