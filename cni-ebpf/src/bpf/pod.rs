@@ -11,7 +11,11 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
-use cni_ebpf_common::{policy::POLICY_CONFIG_F_ENFORCE, prefilter::FAMILY_IPV6, Reason};
+use cni_ebpf_common::{
+    policy::{CtKey, POLICY_CONFIG_F_ENFORCE},
+    prefilter::FAMILY_IPV6,
+    Reason,
+};
 
 use super::{
     counters::count_reason,
@@ -75,6 +79,28 @@ fn is_neighbor_discovery(packet: &IpPacket) -> bool {
         && matches!(packet.l4.selector, 130..=137 | 143)
 }
 
+/// Records a policy verdict for a new or stale flow in conntrack (tracked
+/// when allowed, forgotten when denied), counts it, returns the action.
+#[inline(always)]
+fn conclude(
+    verdict: Result<Reason, Reason>,
+    flow: &CtKey,
+    revision: u32,
+    tracked: &Tracked,
+    bytes: u64,
+) -> Result<i32, ()> {
+    match verdict {
+        Ok(reason) => {
+            ct::allow(flow, revision, tracked);
+            finish(reason, bytes)
+        }
+        Err(reason) => {
+            ct::forget(flow);
+            finish(reason, bytes)
+        }
+    }
+}
+
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     pull_headers(ctx);
     // skb->len, not data_end - data: the linear part may hold only the
@@ -119,16 +145,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
         // pod: only the pod's ingress applies.
         None => check_ingress(&flow, &src, &FROM_POD_REASONS),
     };
-    match verdict {
-        Ok(reason) => {
-            ct::allow(&flow, revision, &tracked);
-            finish(reason, bytes)
-        }
-        Err(reason) => {
-            ct::forget(&flow);
-            finish(reason, bytes)
-        }
-    }
+    conclude(verdict, &flow, revision, &tracked, bytes)
 }
 
 pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
@@ -168,14 +185,5 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
         // judged by this pod's egress.
         None => check_from_pod(&flow, &dst, &TO_POD_REASONS),
     };
-    match verdict {
-        Ok(reason) => {
-            ct::allow(&flow, revision, &tracked);
-            finish(reason, bytes)
-        }
-        Err(reason) => {
-            ct::forget(&flow);
-            finish(reason, bytes)
-        }
-    }
+    conclude(verdict, &flow, revision, &tracked, bytes)
 }
