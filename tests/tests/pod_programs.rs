@@ -10,56 +10,17 @@
 //! or not. Run serially: `cargo test -p tests --test pod_programs --
 //! --test-threads=1`.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    maps::{HashMap, MapData},
-    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions},
-};
-use cni_agent::{
-    bpffs::{ensure_bpffs, PinLayout},
-    loader::{load, Loaded},
-    maps::{counters::read_reasons, open_pinned},
-};
+use aya::programs::ProgramError;
 use cni_ebpf_common::{
-    endpoint::ENDPOINT_F_POLICY_READY,
-    maps::{ENDPOINTS, PROG_FROM_POD, PROG_TO_POD},
-    EndpointInfo, EndpointKey, Reason,
+    maps::{PROG_FROM_POD, PROG_TO_POD},
+    Reason,
 };
-use tests::frames::*;
-
-/// `TCX_NEXT` (`TC_ACT_UNSPEC`, -1): pass on to the next program and the
-/// classic tc hooks (bandwidth, ...). The pod programs' pass verdict.
-const TCX_NEXT: u32 = u32::MAX;
-
-/// A pin directory removed on drop, even when the test panics.
-struct PinDir(PinLayout);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Err(e) = cni_agent::cleanup::cleanup(&self.0) {
-            // Panicking while unwinding would abort and hide the first panic.
-            if std::thread::panicking() {
-                eprintln!("cleanup of {} failed: {e:#}", self.0.root().display());
-            } else {
-                panic!("cleanup of {} failed: {e:#}", self.0.root().display());
-            }
-        }
-    }
-}
-
-/// The loaded datapath of one test. `loaded` drops (closing the program
-/// and map fds) before `pins` removes the pins.
-struct Datapath {
-    loaded: Loaded,
-    pins: PinDir,
-}
-
-/// Packets and bytes per reason code.
-type Reasons = BTreeMap<u32, (u64, u64)>;
+use tests::{
+    datapath::{delta, Datapath as Loaded, Reasons, TCX_NEXT},
+    frames::*,
+};
 
 /// One side of a pod veth: its program and its reason codes.
 #[derive(Clone, Copy, Debug)]
@@ -86,67 +47,34 @@ const TO_POD: Direction = Direction {
 
 const BOTH: [Direction; 2] = [FROM_POD, TO_POD];
 
+/// The shared datapath harness (tests/src/datapath.rs), seen by direction.
+struct Datapath(Loaded);
+
 impl Datapath {
     fn new() -> Self {
-        let root = format!("/sys/fs/bpf/sluice-test-{:016x}", rand::random::<u64>());
-        let layout = PinLayout::new(root);
-        ensure_bpffs(layout.root()).expect("bpffs (run the tests as root)");
-        // The guard exists before anything is pinned, so a failed load
-        // leaves nothing behind either.
-        let pins = PinDir(layout);
-        let loaded = load(&pins.0, 0).expect("loading the datapath");
-        Self { loaded, pins }
-    }
-
-    fn endpoints(&self) -> HashMap<MapData, EndpointKey, EndpointInfo> {
-        open_pinned(&self.pins.0, ENDPOINTS).expect("opening ENDPOINTS")
+        Self(Loaded::load())
     }
 
     /// Registers `addr` as a local pod's address, as the plugin does on ADD.
     fn add_endpoint(&self, addr: IpAddr) {
-        let info = EndpointInfo {
-            ifindex: 7,
-            flags: ENDPOINT_F_POLICY_READY,
-            mac: SRC_MAC,
-            _pad: [0; 2],
-            endpoint_id: 0x5eed,
-        };
-        self.endpoints()
-            .insert(endpoint_key(addr), info, 0)
-            .expect("inserting endpoint");
+        self.0.add_endpoint(addr, 0x5eed);
     }
 
     /// Forgets `addr`, as the plugin does on DEL.
     fn remove_endpoint(&self, addr: IpAddr) {
-        self.endpoints()
-            .remove(&endpoint_key(addr))
-            .expect("removing endpoint");
+        self.0.remove_endpoint(addr);
     }
 
     fn reasons(&self) -> Reasons {
-        read_reasons(&self.pins.0)
-            .expect("reading reason counters")
-            .into_iter()
-            .map(|r| (r.code, (r.packets, r.bytes)))
-            .collect()
+        self.0.reasons()
     }
 
     /// Runs `dir`'s program on `frame` `repeat` times: its return value, or
     /// the kernel's refusal to run it.
     fn try_run(&self, dir: Direction, frame: &[u8], repeat: u32) -> Result<u32, ProgramError> {
-        let prog: &SchedClassifier = self
-            .loaded
-            .ebpf
-            .program(dir.prog)
-            .unwrap_or_else(|| panic!("{} in the object", dir.prog))
-            .try_into()
-            .expect("a tc classifier");
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..Default::default()
-        };
-        prog.test_run(opts).map(|r| r.return_value)
+        self.0
+            .try_run(dir.prog, frame, repeat)
+            .map(|r| r.return_value)
     }
 
     /// Runs `frame` through `dir` once and asserts TCX_NEXT and that
@@ -167,24 +95,6 @@ impl Datapath {
             reason.name().unwrap_or("?"),
         );
     }
-}
-
-fn endpoint_key(addr: IpAddr) -> EndpointKey {
-    match addr {
-        IpAddr::V4(a) => EndpointKey::v4(a.octets()),
-        IpAddr::V6(a) => EndpointKey::v6(a.octets()),
-    }
-}
-
-/// Reasons whose counters changed from `before` to `after`, and by how much.
-fn delta(before: &Reasons, after: &Reasons) -> Reasons {
-    after
-        .iter()
-        .filter_map(|(code, &(packets, bytes))| {
-            let (p0, b0) = before.get(code).copied().unwrap_or_default();
-            (packets != p0 || bytes != b0).then_some((*code, (packets - p0, bytes - b0)))
-        })
-        .collect()
 }
 
 const POD4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);

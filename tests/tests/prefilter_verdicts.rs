@@ -16,62 +16,32 @@ use std::{
 
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
 use cni_agent::{
-    bpffs::{ensure_bpffs, PinLayout},
-    loader::{load, Loaded},
-    maps::{
-        counters::read_reasons,
-        prefilter::{Origin, PrefilterMaps},
-    },
+    bpffs::PinLayout,
+    maps::prefilter::{Origin, PrefilterMaps},
     rules::RuleSpec,
 };
 use cni_ebpf_common::{maps::PROG_XDP_PREFILTER, Reason};
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
-use tests::frames::*;
+use tests::{
+    datapath::{delta, Datapath as Loaded, Reasons},
+    frames::*,
+};
 use Reason as R;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-/// A pin directory removed on drop, even when the test panics.
-struct PinDir(PinLayout);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Err(e) = cni_agent::cleanup::cleanup(&self.0) {
-            // Panicking while unwinding would abort and hide the first panic.
-            if std::thread::panicking() {
-                eprintln!("cleanup of {} failed: {e:#}", self.0.root().display());
-            } else {
-                panic!("cleanup of {} failed: {e:#}", self.0.root().display());
-            }
-        }
-    }
-}
-
-/// The loaded datapath of one test. `loaded` drops (closing the program
-/// and map fds) before `pins` removes the pins.
-struct Datapath {
-    loaded: Loaded,
-    pins: PinDir,
-}
-
-/// Packets and bytes per reason code.
-type Reasons = BTreeMap<u32, (u64, u64)>;
+/// The shared datapath harness (tests/src/datapath.rs), seen through the
+/// prefilter's rules and program.
+struct Datapath(Loaded);
 
 impl Datapath {
     fn new() -> Self {
-        let root = format!("/sys/fs/bpf/sluice-test-{:016x}", rand::random::<u64>());
-        let layout = PinLayout::new(root);
-        ensure_bpffs(layout.root()).expect("bpffs (run the tests as root)");
-        // The guard exists before anything is pinned, so a failed load
-        // leaves nothing behind either.
-        let pins = PinDir(layout);
-        let loaded = load(&pins.0, 0).expect("loading the datapath");
-        Self { loaded, pins }
+        Self(Loaded::load())
     }
 
     fn layout(&self) -> &PinLayout {
-        &self.pins.0
+        self.0.layout()
     }
 
     /// Installs a rule; returns its id.
@@ -99,17 +69,14 @@ impl Datapath {
     }
 
     fn reasons(&self) -> Reasons {
-        read_reasons(self.layout())
-            .expect("reading reason counters")
-            .into_iter()
-            .map(|r| (r.code, (r.packets, r.bytes)))
-            .collect()
+        self.0.reasons()
     }
 
     /// Runs the prefilter once on `frame`: its return value, or the
     /// kernel's refusal to run it.
     fn try_xdp(&self, frame: &[u8], repeat: u32) -> Result<u32, ProgramError> {
         let prog: &Xdp = self
+            .0
             .loaded
             .ebpf
             .program(PROG_XDP_PREFILTER)
@@ -177,17 +144,6 @@ fn action_name(action: u32) -> &'static str {
         XDP_PASS => "XDP_PASS",
         _ => "unexpected action",
     }
-}
-
-/// Reasons whose counters changed from `before` to `after`, and by how much.
-fn delta(before: &Reasons, after: &Reasons) -> Reasons {
-    after
-        .iter()
-        .filter_map(|(code, &(packets, bytes))| {
-            let (p0, b0) = before.get(code).copied().unwrap_or_default();
-            (packets != p0 || bytes != b0).then_some((*code, (packets - p0, bytes - b0)))
-        })
-        .collect()
 }
 
 fn proto(name: &str) -> RuleSpec {
