@@ -139,7 +139,13 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     if let Tracked::Current = tracked {
         return finish(Reason::FROM_POD_PASS_CT, bytes);
     }
-    let verdict = match endpoint(flow.family, &flow.src) {
+    // A new flow starts from this packet: its initiator is `src`, found
+    // above. Only a stale reply needs the initiator looked up.
+    let initiator = match tracked {
+        Tracked::New => Some(src),
+        _ => endpoint(flow.family, &flow.src),
+    };
+    let verdict = match initiator {
         Some(initiator) => check_from_pod(&flow, &initiator, &FROM_POD_REASONS),
         // A stale reply of a flow that came from outside the node to this
         // pod: only the pod's ingress applies.
@@ -178,7 +184,11 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
     if let Tracked::Current = tracked {
         return finish(Reason::TO_POD_PASS_CT, bytes);
     }
-    let verdict = match endpoint(flow.family, &flow.dst) {
+    let target = match tracked {
+        Tracked::New => Some(dst),
+        _ => endpoint(flow.family, &flow.dst),
+    };
+    let verdict = match target {
         // A flow into a local pod (this one, or a stale reply's target).
         Some(target) => check_ingress(&flow, &target, &TO_POD_REASONS),
         // A stale reply of a flow this pod started towards the outside:
