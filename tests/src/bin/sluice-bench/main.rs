@@ -13,8 +13,12 @@
 
 mod cni;
 mod machine;
+mod net;
 mod policy;
+mod progs;
+mod ratio;
 mod stats;
+mod xdp;
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +43,18 @@ const GROUPS: &[(&str, &str)] = &[
     (
         "policy",
         "NetworkPolicy: per-packet cost, pod throughput/conn/s, sync",
+    ),
+    (
+        "net",
+        "pod-to-pod TCP stream, TCP_RR, TCP_CRR and CPU per Gbit/s on every path",
+    ),
+    (
+        "xdp",
+        "XDP prefilter capacity with live frames vs empty XDP_DROP and nftables",
+    ),
+    (
+        "progs",
+        "per-program cost via BPF_PROG_TEST_RUN, minus an empty program",
     ),
 ];
 
@@ -117,21 +133,41 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         tests::bin_dir().display(),
         out.display()
     );
+    let mut ratios: Vec<ratio::Ratio> = Vec::new();
     for (name, what) in GROUPS {
         if !cli.only.is_empty() && !cli.only.iter().any(|o| o == name) {
             continue;
         }
         println!("\n== {name}: {what}");
         let started = Instant::now();
-        match *name {
+        let group_ratios = match *name {
             "cni" => {
                 let params = cni::Params::new(cli.quick, cli.samples, cli.parallel);
                 cni::run(&params, &out, &workspace)?;
+                Vec::new()
             }
-            "policy" => policy::run(&policy::Params::new(cli.quick), &out, &workspace)?,
+            "policy" => {
+                policy::run(&policy::Params::new(cli.quick), &out, &workspace)?;
+                Vec::new()
+            }
+            "net" => net::run(cli.quick, &out, &workspace)?,
+            "xdp" => xdp::run(cli.quick, &out, &workspace)?,
+            "progs" => progs::run(cli.quick, &out, &workspace)?,
             other => bail!("group {other} has no runner"),
-        }
+        };
+        ratios.extend(group_ratios);
         println!("== {name} done in {:.0} s", started.elapsed().as_secs_f64());
+    }
+    // The summary (JSON, Markdown, PNG chart) is written by `summary`
+    // (being written); until then the ratios are printed.
+    for r in &ratios {
+        println!(
+            "{:<8} {:<50} {:.3}x {}",
+            r.group,
+            r.name,
+            r.value,
+            r.baseline
+        );
     }
     Ok(())
 }
