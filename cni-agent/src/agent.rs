@@ -113,6 +113,11 @@ pub fn setup(config: &AgentConfig) -> anyhow::Result<(PinLayout, aya::Ebpf)> {
     }
 
     sync_uplinks(&layout, &config.uplinks, config.xdp_mode)?;
+    crate::tcx::sync_uplink_routing(&layout, &config.uplinks)?;
+    let updated = crate::tcx::update_pod_links(&layout)?;
+    if updated > 0 {
+        tracing::info!(links = updated, "pod links moved to the current programs");
+    }
     Ok((layout, loaded.ebpf))
 }
 

@@ -63,6 +63,12 @@ impl PinLayout {
         self.links_dir().join(format!("{XDP_LINK_PREFIX}{ifname}"))
     }
 
+    /// Pin of the `from_uplink` TCX link on `ifname`.
+    pub fn uplink_link(&self, ifname: &str) -> PathBuf {
+        self.links_dir()
+            .join(format!("{}{ifname}", cni_ebpf_common::maps::UPLINK_LINK_PREFIX))
+    }
+
     /// Creates the directories (the root must be on bpffs already).
     pub fn create_dirs(&self) -> anyhow::Result<()> {
         for dir in [self.maps_dir(), self.progs_dir(), self.links_dir()] {

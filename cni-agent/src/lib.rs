@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod policy;
 pub mod rules;
 pub mod syscall;
+pub mod tcx;
 
 /// The eBPF object built by `build.rs` from the `cni-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cni-ebpf"));

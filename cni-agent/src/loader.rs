@@ -10,7 +10,9 @@ use aya::{
     programs::{ProgramInfo, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
-use cni_ebpf_common::maps::{MapSpec, MAP_SPECS, PROG_FROM_POD, PROG_TO_POD, PROG_XDP_PREFILTER};
+use cni_ebpf_common::maps::{
+    MapSpec, MAP_SPECS, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, PROG_XDP_PREFILTER,
+};
 
 use crate::bpffs::PinLayout;
 
@@ -129,7 +131,7 @@ pub fn load(layout: &PinLayout, log_level: u8) -> anyhow::Result<Loaded> {
             pin_program(layout, PROG_XDP_PREFILTER, &info, |p| xdp.pin(p))?,
         ));
     }
-    for name in [PROG_FROM_POD, PROG_TO_POD] {
+    for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_UPLINK] {
         let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?.try_into()?;
         prog.load().with_context(|| format!("verifying {name}"))?;
         let info = prog.info()?;

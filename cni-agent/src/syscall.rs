@@ -5,7 +5,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// `struct bpf_link_info` up to the XDP member of its union; the kernel
-/// copies at most `info_len` bytes, so a prefix of the struct is fine.
+/// copies at most `info_len` bytes, so a prefix of the struct is fine. The
+/// TCX member (`tcx.ifindex`, `tcx.attach_type`) starts with the ifindex at
+/// the same offset, so TCX links read the same way.
 #[repr(C)]
 #[derive(Default)]
 struct BpfLinkInfoXdp {
@@ -26,7 +28,7 @@ struct InfoByFdAttr {
     info: u64,
 }
 
-/// What the kernel says about an XDP link.
+/// What the kernel says about an XDP or TCX link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpLinkState {
     /// The link's id.
@@ -102,7 +104,7 @@ pub fn obj_get(path: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> 
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as i32) })
 }
 
-/// Reads the state of the XDP link pinned at `path`.
+/// Reads the state of the XDP (or TCX) link pinned at `path`.
 pub fn pinned_xdp_link_state(path: &std::path::Path) -> std::io::Result<XdpLinkState> {
     let fd = obj_get(path)?;
     xdp_link_state(std::os::fd::AsFd::as_fd(&fd))

@@ -9,6 +9,20 @@ use crate::prefilter::{FAMILY_IPV4, FAMILY_IPV6};
 /// fail-closed.
 pub const ENDPOINT_F_POLICY_READY: u32 = 1 << 0;
 
+/// Endpoint flag: eBPF host routing (routed mode, `"hostRouting": "ebpf"`).
+/// Traffic between two such endpoints goes straight into the destination's
+/// namespace with `bpf_redirect_peer`; the endpoint's traffic to anything
+/// else leaves through a FIB lookup and `bpf_redirect`/`bpf_redirect_neigh`;
+/// traffic for it arriving on an uplink is redirected to its veth. Without
+/// the flag every packet takes the host stack (`"hostRouting": "legacy"`,
+/// bridge mode).
+pub const ENDPOINT_F_HOST_ROUTING: u32 = 1 << 1;
+
+/// Endpoint flag: the endpoint's traffic leaving the pod network is
+/// masqueraded by nftables (`ipMasq`), so it must go through the host stack
+/// even with eBPF host routing; only deliveries to local pods skip it.
+pub const ENDPOINT_F_MASQUERADE: u32 = 1 << 2;
+
 /// Key of `ENDPOINTS`: a pod address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -54,8 +68,11 @@ pub struct EndpointInfo {
     pub flags: u32,
     /// The pod interface's MAC.
     pub mac: [u8; 6],
+    /// The host-side veth's MAC: the pod's gateway MAC, which frames
+    /// delivered into the pod by eBPF host routing come from.
+    pub host_mac: [u8; 6],
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 4],
     /// Stable endpoint id (a hash of container id and ifname), the key the
     /// agent's policy maps use (host byte order).
     pub endpoint_id: u64,

@@ -20,9 +20,10 @@ const _: () = assert!(offset_of!(ProtoKey, selector) == 4);
 
 const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(offset_of!(EndpointKey, addr) == 4);
-const _: () = assert!(size_of::<EndpointInfo>() == 24);
+const _: () = assert!(size_of::<EndpointInfo>() == 32);
 const _: () = assert!(offset_of!(EndpointInfo, mac) == 8);
-const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 16);
+const _: () = assert!(offset_of!(EndpointInfo, host_mac) == 14);
+const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 24);
 
 const _: () = {
     use crate::policy::*;

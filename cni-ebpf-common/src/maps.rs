@@ -26,6 +26,11 @@ pub const PROG_XDP_PREFILTER: &str = "xdp_prefilter";
 pub const PROG_FROM_POD: &str = "from_pod";
 /// TCX egress on the host side of a pod veth.
 pub const PROG_TO_POD: &str = "to_pod";
+/// TCX ingress on node uplinks (eBPF host routing to local pods).
+pub const PROG_FROM_UPLINK: &str = "from_uplink";
+/// File name prefix of the `from_uplink` link pins in `links/`
+/// (`uplink-<ifname>`).
+pub const UPLINK_LINK_PREFIX: &str = "uplink-";
 
 /// Protocol rules of the prefilter.
 pub const PREFILTER_PROTO: &str = "PREFILTER_PROTO";
@@ -98,7 +103,7 @@ pub const PREFILTER_CIDR_MAX: u32 = 16_384;
 /// Rule ids run 1..PREFILTER_RULES_MAX (0 is unused), shared by all rule maps.
 pub const PREFILTER_RULES_MAX: u32 = 2 * PREFILTER_CIDR_MAX + PREFILTER_PROTO_MAX + 1;
 /// Reason codes are below this.
-pub const REASONS_MAX: u32 = 64;
+pub const REASONS_MAX: u32 = 128;
 
 /// Kernel map types used (`enum bpf_map_type`).
 pub const BPF_MAP_TYPE_HASH: u32 = 1;

@@ -88,8 +88,37 @@ impl Reason {
     /// egress policy no longer allows (after a policy change).
     pub const TO_POD_DROP_EGRESS_POLICY: Reason = Reason(56);
 
+    // 64..=95: how eBPF host routing forwarded a packet the verdict above
+    // passed. A second dimension, counted in addition to the verdict, only
+    // for endpoints with eBPF host routing (and on uplinks).
+    /// `from_pod`: delivered into a local pod's namespace with
+    /// `bpf_redirect_peer` (no host stack).
+    pub const FORWARD_REDIRECT_PEER: Reason = Reason(64);
+    /// `from_pod`: sent out the device the FIB lookup chose, to the
+    /// neighbour it resolved (`bpf_redirect`).
+    pub const FORWARD_REDIRECT_FIB: Reason = Reason(65);
+    /// `from_pod`: the FIB had a route but no resolved neighbour; sent with
+    /// `bpf_redirect_neigh`, which resolves it.
+    pub const FORWARD_REDIRECT_NEIGH: Reason = Reason(66);
+    /// `from_pod`: handed to the host stack because the destination is the
+    /// node itself or the FIB found no forwarding route (the stack answers
+    /// or sends the ICMP error).
+    pub const FORWARD_STACK_NO_ROUTE: Reason = Reason(67);
+    /// `from_pod`/`from_uplink`: TTL or hop limit would expire; the stack
+    /// sends the ICMP time-exceeded.
+    pub const FORWARD_STACK_TTL: Reason = Reason(68);
+    /// `from_pod`: larger than the egress MTU; the stack fragments or sends
+    /// the ICMP "fragmentation needed" / "packet too big".
+    pub const FORWARD_STACK_FRAG_NEEDED: Reason = Reason(69);
+    /// `from_pod`: the endpoint masquerades (`ipMasq`), so traffic leaving
+    /// the pod network takes the stack's nftables NAT.
+    pub const FORWARD_STACK_MASQUERADE: Reason = Reason(70);
+    /// `from_uplink`: a packet for a local pod redirected from the uplink's
+    /// ingress to the pod's veth (`to_pod` still judges it).
+    pub const FORWARD_UPLINK_TO_POD: Reason = Reason(71);
+
     /// Every code in use, with its stable name, for the CLI and metrics.
-    pub const ALL: [(Reason, &'static str); 31] = [
+    pub const ALL: [(Reason, &'static str); 39] = [
         (Self::PREFILTER_PASS_NO_MATCH, "prefilter-pass-no-match"),
         (Self::PREFILTER_PASS_NOT_IP, "prefilter-pass-not-ip"),
         (Self::PREFILTER_PASS_CIDR_ALLOW, "prefilter-pass-cidr-allow"),
@@ -154,6 +183,14 @@ impl Reason {
             "to-pod-drop-ipv6-ext-chain",
         ),
         (Self::TO_POD_DROP_EGRESS_POLICY, "to-pod-drop-egress-policy"),
+        (Self::FORWARD_REDIRECT_PEER, "forward-redirect-peer"),
+        (Self::FORWARD_REDIRECT_FIB, "forward-redirect-fib"),
+        (Self::FORWARD_REDIRECT_NEIGH, "forward-redirect-neigh"),
+        (Self::FORWARD_STACK_NO_ROUTE, "forward-stack-no-route"),
+        (Self::FORWARD_STACK_TTL, "forward-stack-ttl"),
+        (Self::FORWARD_STACK_FRAG_NEEDED, "forward-stack-frag-needed"),
+        (Self::FORWARD_STACK_MASQUERADE, "forward-stack-masquerade"),
+        (Self::FORWARD_UPLINK_TO_POD, "forward-uplink-to-pod"),
     ];
     /// The stable name of a code, `None` for codes not (or no longer) in use.
     pub fn name(self) -> Option<&'static str> {

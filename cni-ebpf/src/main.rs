@@ -7,6 +7,7 @@
 mod bpf {
     mod counters;
     mod ct;
+    mod forward;
     mod maps;
     mod parse;
     mod pod;
@@ -40,6 +41,14 @@ mod bpf {
     #[classifier]
     pub fn to_pod(ctx: TcContext) -> i32 {
         pod::try_to_pod(&ctx).unwrap_or(TC_ACT_UNSPEC)
+    }
+
+    /// TCX ingress on node uplinks (attached by the agent for each
+    /// `--uplink`, pinned as `links/tcx-<ifname>-ingress`): eBPF host
+    /// routing of traffic for local pods.
+    #[classifier]
+    pub fn from_uplink(ctx: TcContext) -> i32 {
+        pod::try_from_uplink(&ctx).unwrap_or(TC_ACT_UNSPEC)
     }
 
     #[panic_handler]

@@ -316,6 +316,10 @@ pub struct EndpointAttach<'a> {
     pub host_ifindex: u32,
     /// The pod interface's MAC.
     pub container_mac: [u8; 6],
+    /// The host-side veth's MAC (the pod's gateway MAC).
+    pub host_mac: [u8; 6],
+    /// `ENDPOINT_F_*` flags (mode, masquerade).
+    pub flags: u32,
     /// [`crate::state::endpoint_id`].
     pub endpoint_id: u64,
     /// The pod's addresses.
@@ -328,9 +332,10 @@ pub fn attach_endpoint(req: &EndpointAttach<'_>) -> CniResult<()> {
     attach_programs(req.bpffs_dir, req.host_ifname)?;
     let info = EndpointInfo {
         ifindex: req.host_ifindex,
-        flags: 0,
+        flags: req.flags,
         mac: req.container_mac,
-        _pad: [0; 2],
+        host_mac: req.host_mac,
+        _pad: [0; 4],
         endpoint_id: req.endpoint_id,
     };
     if let Err(e) = write_endpoints(req.bpffs_dir, req.addrs, info) {

@@ -477,6 +477,7 @@ mod tests {
             ips,
             routes,
             bpffs_dir: None,
+            endpoint_flags: 0,
         }
     }
 

@@ -70,12 +70,13 @@ const BRIDGE_ONLY_KEYS: [&str; 6] = [
 
 /// Every top-level key this module reads or knowingly skips; anything else
 /// ends up in [`NetConf::ignored_keys`].
-const KNOWN_KEYS: [&str; 39] = [
+const KNOWN_KEYS: [&str; 40] = [
     "cniVersion",
     "cniVersions",
     "name",
     "type",
     "mode",
+    "hostRouting",
     "bridge",
     "isGateway",
     "isDefaultGateway",
@@ -137,6 +138,30 @@ impl Mode {
         match self {
             Self::Routed => "routed",
             Self::Bridge(_) => "bridge",
+        }
+    }
+}
+
+/// `hostRouting`: how routed mode forwards pod traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostRouting {
+    /// `"ebpf"` (routed mode's default): `from_pod` forwards what policy
+    /// passed itself, `bpf_redirect_peer` into local pods and a FIB lookup
+    /// plus `bpf_redirect(_neigh)` to everything else, and `from_uplink`
+    /// sends traffic for local pods to their veth. netfilter does not see
+    /// that traffic: a node whose pods need netfilter NAT (kube-proxy in
+    /// iptables/ipvs mode, portmap hostPorts) sets `"legacy"`.
+    Ebpf,
+    /// `"legacy"` (and always in bridge mode): the host stack routes.
+    Legacy,
+}
+
+impl HostRouting {
+    /// `"ebpf"` or `"legacy"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::Legacy => "legacy",
         }
     }
 }
@@ -315,6 +340,8 @@ pub struct NetConf {
     pub plugin_type: String,
     /// `mode`, with the bridge options in bridge mode.
     pub mode: Mode,
+    /// `hostRouting` (always `Legacy` in bridge mode).
+    pub host_routing: HostRouting,
     /// `ipMasq`: masquerade traffic leaving the node from pod addresses.
     pub ip_masq: bool,
     /// `mtu`: absent means derived from the uplink at ADD.
@@ -387,6 +414,7 @@ impl NetConf {
 
         let mode = parse_mode(&top)?;
         refuse_unimplemented_bridge_options(&top)?;
+        let host_routing = parse_host_routing(&top, &mode)?;
 
         let mtu = match top.uint("mtu", MTU_EXPECTED)? {
             None => None,
@@ -454,6 +482,7 @@ impl NetConf {
             name,
             plugin_type,
             mode,
+            host_routing,
             ip_masq: top.boolean("ipMasq")?.unwrap_or(false),
             mtu,
             bpffs_dir: top
@@ -480,6 +509,20 @@ impl NetConf {
             valid_attachments,
             ignored_keys,
         })
+    }
+
+    /// The `ENDPOINT_F_*` flags of this network's endpoints (what the
+    /// datapath needs to know of the mode).
+    pub fn endpoint_flags(&self) -> u32 {
+        use cni_ebpf_common::endpoint::{ENDPOINT_F_HOST_ROUTING, ENDPOINT_F_MASQUERADE};
+        let mut flags = 0;
+        if self.host_routing == HostRouting::Ebpf {
+            flags |= ENDPOINT_F_HOST_ROUTING;
+            if self.ip_masq {
+                flags |= ENDPOINT_F_MASQUERADE;
+            }
+        }
+        flags
     }
 
     /// The MAC to give the container interface, if any was asked for.
@@ -558,6 +601,31 @@ pub fn interface_name_problem(name: &str) -> Option<String> {
         ))
     } else {
         None
+    }
+}
+
+fn parse_host_routing(top: &Obj<'_>, mode: &Mode) -> CniResult<HostRouting> {
+    let routing = match top.string("hostRouting")? {
+        None => None,
+        Some("ebpf") => Some(HostRouting::Ebpf),
+        Some("legacy") => Some(HostRouting::Legacy),
+        Some(_) => {
+            return Err(invalid(
+                "hostRouting",
+                top.get("hostRouting").unwrap_or(&Value::Null),
+                "\"ebpf\" or \"legacy\"",
+            ))
+        }
+    };
+    match (mode, routing) {
+        (Mode::Routed, r) => Ok(r.unwrap_or(HostRouting::Ebpf)),
+        (Mode::Bridge(_), Some(HostRouting::Ebpf)) => Err(CniError::config(
+            "\"hostRouting\": \"ebpf\" needs routed mode",
+        )
+        .with_details(
+            "in bridge mode the bridge forwards; remove hostRouting or set \"mode\": \"routed\"",
+        )),
+        (Mode::Bridge(_), _) => Ok(HostRouting::Legacy),
     }
 }
 

@@ -256,6 +256,7 @@ mod tests {
             ips: &ips,
             routes: &routes,
             bpffs_dir: None,
+            endpoint_flags: 0,
         };
         let (plan, ips, routes) = plan(&spec, [2, 0, 0, 0, 0, 1]);
         assert_eq!(

@@ -262,6 +262,9 @@ pub struct PodSpec<'a> {
     /// Attach the pinned programs and write `ENDPOINTS` entries from this
     /// bpffs dir; `None` skips the datapath (plumbing only).
     pub bpffs_dir: Option<&'a Path>,
+    /// `ENDPOINT_F_*` flags of the endpoint entries
+    /// ([`crate::config::NetConf::endpoint_flags`]).
+    pub endpoint_flags: u32,
 }
 
 impl PodSpec<'_> {
@@ -398,6 +401,8 @@ pub(crate) fn finish_add(
                 host_ifname: &host.name,
                 host_ifindex: host.index,
                 container_mac,
+                host_mac: host.mac.unwrap_or_default(),
+                flags: spec.endpoint_flags,
                 endpoint_id: id,
                 addrs: &addrs,
             })?;

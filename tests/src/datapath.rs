@@ -207,7 +207,8 @@ impl Datapath {
             ifindex: 7,
             flags,
             mac: crate::frames::SRC_MAC,
-            _pad: [0; 2],
+            host_mac: [0; 6],
+            _pad: [0; 4],
             endpoint_id,
         };
         self.endpoints()

@@ -176,3 +176,32 @@ pub fn link_names(ns: &Netns) -> anyhow::Result<Vec<String>> {
         Ok(names)
     })
 }
+
+/// Adds a route to `dst` via `gateway` in `ns` (e.g. a peer's route to a
+/// node's pod CIDR).
+pub fn add_route(ns: &Netns, dst: IpNet, gateway: std::net::IpAddr) -> anyhow::Result<()> {
+    use rtnetlink::RouteMessageBuilder;
+    ns.netlink(|handle| async move {
+        let message = match (dst, gateway) {
+            (IpNet::V4(d), std::net::IpAddr::V4(g)) => {
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(d.addr(), d.prefix_len())
+                    .gateway(g)
+                    .build()
+            }
+            (IpNet::V6(d), std::net::IpAddr::V6(g)) => {
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(d.addr(), d.prefix_len())
+                    .gateway(g)
+                    .build()
+            }
+            _ => bail!("route {dst} via {gateway}: families differ"),
+        };
+        handle
+            .route()
+            .add(message)
+            .execute()
+            .await
+            .with_context(|| format!("adding route {dst} via {gateway}"))
+    })
+}

@@ -437,3 +437,94 @@ impl TcpEchoConn {
         Ok(got)
     }
 }
+
+/// A UDP echo server inside a namespace: every datagram is sent back to
+/// its sender. Stopped on drop.
+pub struct UdpEchoServer {
+    socket: Arc<std::net::UdpSocket>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEchoServer {
+    /// Binds `ip`, an ephemeral port, in `ns`.
+    pub fn start(ns: &Netns, ip: IpAddr) -> anyhow::Result<Self> {
+        let socket = Arc::new(ns.run(move || {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("binding UDP {ip}"))?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(s)
+        })?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, flag) = (socket.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("udp-echo".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !flag.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+            })
+            .context("spawning the UDP echo thread")?;
+        Ok(Self {
+            socket,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    /// Sends one datagram of each size in `sizes` from `client` (one at a
+    /// time, waiting up to `timeout` for each echo) and returns how many
+    /// came back intact. Each payload is distinct, so a corrupted or stale
+    /// echo does not count.
+    pub fn exchange(
+        &self,
+        client: &Netns,
+        sizes: &[usize],
+        timeout: Duration,
+    ) -> anyhow::Result<usize> {
+        let server = self.addr()?;
+        let socket = client.run(move || {
+            let any: IpAddr = if server.is_ipv4() {
+                IpAddr::from([0u8; 4])
+            } else {
+                IpAddr::from([0u16; 8])
+            };
+            let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+            s.set_read_timeout(Some(timeout))?;
+            Ok(s)
+        })?;
+        let mut intact = 0;
+        let mut buf = vec![0u8; 65536];
+        for (i, &size) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..size).map(|j| pattern(i * 7 + j)).collect();
+            socket
+                .send_to(&payload, server)
+                .with_context(|| format!("sending {size} bytes to {server}"))?;
+            // Drain until this datagram's echo or the timeout.
+            while let Ok((n, _)) = socket.recv_from(&mut buf) {
+                if buf[..n] == payload[..] {
+                    intact += 1;
+                    break;
+                }
+            }
+        }
+        Ok(intact)
+    }
+}
+
+impl Drop for UdpEchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -3,9 +3,12 @@
 //!
 //! `from_pod` (TCX ingress of the host-side veth) sees what the pod sends:
 //! the sender's egress policy and, for a local destination, that pod's
-//! ingress policy. `to_pod` (TCX egress) sees what reaches the pod through
-//! the stack: the pod's ingress policy. A flow allowed once is tracked, so
-//! its replies and later packets pass on one lookup.
+//! ingress policy; what it passes, eBPF host routing forwards (see
+//! `forward`). `to_pod` (TCX egress) sees what reaches the pod through the
+//! stack or from an uplink: the pod's ingress policy. A flow allowed once is
+//! tracked, so its replies and later packets pass on one lookup.
+//! `from_uplink` (TCX ingress of an uplink) sends packets for local pods
+//! to their veth.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -14,12 +17,13 @@ use aya_ebpf::{
 use cni_ebpf_common::{
     policy::{CtKey, POLICY_CONFIG_F_ENFORCE},
     prefilter::FAMILY_IPV6,
-    Reason,
+    EndpointInfo, Reason,
 };
 
 use super::{
     counters::count_reason,
     ct::{self, Tracked},
+    forward,
     maps::POLICY_CONFIG,
     parse::{parse_frame, IpPacket, Parsed, IPPROTO_ICMPV6},
     policy::{check_from_pod, check_ingress, endpoint, FROM_POD_REASONS, TO_POD_REASONS},
@@ -80,24 +84,47 @@ fn is_neighbor_discovery(packet: &IpPacket) -> bool {
 }
 
 /// Records a policy verdict for a new or stale flow in conntrack (tracked
-/// when allowed, forgotten when denied), counts it, returns the action.
+/// when allowed, forgotten when denied) and returns its reason.
 #[inline(always)]
-fn conclude(
+fn record(
     verdict: Result<Reason, Reason>,
     flow: &CtKey,
     revision: u32,
     tracked: &Tracked,
-    bytes: u64,
-) -> Result<i32, ()> {
+) -> Reason {
     match verdict {
         Ok(reason) => {
             ct::allow(flow, revision, tracked);
-            finish(reason, bytes)
+            reason
         }
         Err(reason) => {
             ct::forget(flow);
-            finish(reason, bytes)
+            reason
         }
+    }
+}
+
+/// Applies a `from_pod` verdict on a packet of endpoint `src`: a pass is
+/// forwarded by eBPF host routing when the endpoint has it (the forwarding
+/// outcome is counted too), else handed on like any other verdict.
+#[inline(always)]
+fn finish_from_pod(
+    ctx: &TcContext,
+    reason: Reason,
+    packet: &IpPacket,
+    src: &EndpointInfo,
+    bytes: u64,
+) -> Result<i32, ()> {
+    if reason.is_drop() {
+        return finish(reason, bytes);
+    }
+    count_reason(reason, bytes);
+    match forward::from_pod(ctx, packet, src) {
+        Some(forwarded) => {
+            count_reason(forwarded.reason, bytes);
+            Ok(forwarded.action)
+        }
+        None => Ok(TC_ACT_UNSPEC),
     }
 }
 
@@ -130,14 +157,14 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
         return finish(reason, bytes);
     };
     if !enforce {
-        return finish(Reason::FROM_POD_PASS, bytes);
+        return finish_from_pod(ctx, Reason::FROM_POD_PASS, &packet, &src, bytes);
     }
     let mut flow = ct::forward_key(&packet);
     // On Stale, a reply of a stale flow is judged as the flow it answers:
     // `flow` then holds the initiating tuple.
     let tracked = ct::lookup(&mut flow, revision);
     if let Tracked::Current = tracked {
-        return finish(Reason::FROM_POD_PASS_CT, bytes);
+        return finish_from_pod(ctx, Reason::FROM_POD_PASS_CT, &packet, &src, bytes);
     }
     // A new flow starts from this packet: its initiator is `src`, found
     // above. Only a stale reply needs the initiator looked up.
@@ -151,7 +178,8 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
         // pod: only the pod's ingress applies.
         None => check_ingress(&flow, &src, &FROM_POD_REASONS),
     };
-    conclude(verdict, &flow, revision, &tracked, bytes)
+    let reason = record(verdict, &flow, revision, &tracked);
+    finish_from_pod(ctx, reason, &packet, &src, bytes)
 }
 
 pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
@@ -195,5 +223,22 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
         // judged by this pod's egress.
         None => check_from_pod(&flow, &dst, &TO_POD_REASONS),
     };
-    conclude(verdict, &flow, revision, &tracked, bytes)
+    finish(record(verdict, &flow, revision, &tracked), bytes)
+}
+
+/// TCX ingress of an uplink: packets for local pods with eBPF host routing
+/// go straight to the pod's veth; everything else goes on to the stack
+/// unchanged and uncounted (it is the node's own traffic).
+pub fn try_from_uplink(ctx: &TcContext) -> Result<i32, ()> {
+    pull_headers(ctx);
+    let Parsed::Ip(packet) = parse_frame(ctx.data(), ctx.data_end()) else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    match forward::from_uplink(ctx, &packet) {
+        Some(forwarded) => {
+            count_reason(forwarded.reason, ctx.len() as u64);
+            Ok(forwarded.action)
+        }
+        None => Ok(TC_ACT_UNSPEC),
+    }
 }

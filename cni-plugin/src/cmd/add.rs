@@ -95,6 +95,7 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
         ips: &[],
         routes: &[],
         bpffs_dir: Some(&conf.bpffs_dir),
+        endpoint_flags: conf.endpoint_flags(),
     };
 
     // 2a. Bridge mode: the bridge port and the container's interface

@@ -120,6 +120,16 @@ pub fn run(req: &Request) -> CniResult<()> {
                     record.host_veth
                 )))
             }
+            Some((_, info)) if info.flags != conf.endpoint_flags() => {
+                return Err(mismatch(format!(
+                    "the ENDPOINTS entry for {} has flags {:#x}, the config (hostRouting {}, ipMasq {}) means {:#x}",
+                    ip.address.addr(),
+                    info.flags,
+                    conf.host_routing.as_str(),
+                    conf.ip_masq,
+                    conf.endpoint_flags()
+                )))
+            }
             Some(_) => {}
         }
     }
