@@ -181,12 +181,25 @@ pub struct PolicyWorld {
     node: Netns,
     tmp: tempfile::TempDir,
     net: String,
+    /// The conflist's `hostRouting` (`ebpf` or `legacy`).
+    host_routing: &'static str,
 }
 
 impl PolicyWorld {
     /// Builds the world for the cluster of `set`, whose manifests are the
-    /// files of `cluster_dir` (the scenarios' `cluster/`).
+    /// files of `cluster_dir` (the scenarios' `cluster/`), with routed
+    /// mode's default eBPF host routing.
     pub fn new(set: &ScenarioSet, cluster_dir: &Path) -> anyhow::Result<Self> {
+        Self::with_host_routing(set, cluster_dir, "ebpf")
+    }
+
+    /// [`PolicyWorld::new`] with the pods' `hostRouting` set to
+    /// `host_routing` (`ebpf` or `legacy`): policy must hold on both paths.
+    pub fn with_host_routing(
+        set: &ScenarioSet,
+        cluster_dir: &Path,
+        host_routing: &'static str,
+    ) -> anyhow::Result<Self> {
         crate::require_root("the policy matrix world");
         let node = Netns::new().context("node netns")?;
         crate::link::add_veth(&node, "node0", &node, "node0p")?;
@@ -206,6 +219,7 @@ impl PolicyWorld {
             node,
             tmp,
             net: format!("matrix-{}", random_hex(6)),
+            host_routing,
         };
         std::fs::create_dir_all(w.manifests())?;
         let mut cluster = String::new();
@@ -399,6 +413,7 @@ impl PolicyWorld {
             "agentSocket": self.socket(),
             "waitForPolicy": wait,
             "policyTimeoutMs": 20_000,
+            "hostRouting": self.host_routing,
             "ipam": {
                 "type": "sluice-ipam",
                 "ranges": [[{"subnet": POD_SUBNET}]],

@@ -307,5 +307,70 @@ fn a_changed_program_is_replaced_atomically() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names.len(), 4, "{names:?}");
+}
+
+/// The agent's TCX links: `from_uplink` attached once per uplink (a second
+/// sync keeps it), detached when the uplink leaves the list; and a pod link
+/// the plugin pinned is moved to the program pinned now when an upgrade
+/// replaced it, so pods attached before the upgrade run the new code.
+#[test]
+fn uplink_routing_links_and_pod_links_follow_the_pinned_programs() {
+    use aya::programs::{
+        links::{FdLink, LinkOrder},
+        tc::TcAttachOptions,
+        SchedClassifier, TcAttachType,
+    };
+    use cni_agent::tcx::{sync_uplink_routing, update_pod_links};
+    use cni_ebpf_common::maps::PROG_TO_POD;
+
+    require_root("uplink_routing_links_and_pod_links_follow_the_pinned_programs");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("load"));
+    let ns = Netns::new().expect("netns");
+    let peer = Netns::new().expect("peer netns");
+    tests::link::add_veth(&ns, "up0", &peer, "peer0").expect("veth");
+    tests::link::add_veth(&ns, "slcpod0", &peer, "pod0").expect("veth");
+    let uplinks = vec!["up0".to_owned()];
+    let uplink_pin = layout.uplink_link("up0");
+    let pod_pin = layout.links_dir().join("tcx-slcpod0-ingress");
+
+    ns.run(|| {
+        assert_eq!(sync_uplink_routing(&layout, &uplinks)?, vec!["up0"]);
+        let first = pinned_xdp_link_state(&uplink_pin)?;
+        assert_eq!(
+            sync_uplink_routing(&layout, &uplinks)?,
+            Vec::<String>::new()
+        );
+        assert_eq!(pinned_xdp_link_state(&uplink_pin)?.link_id, first.link_id);
+
+        // A pod link made by an "older build": to_pod's code on the ingress
+        // pin the plugin would have made with from_pod.
+        let mut old = SchedClassifier::from_pin(layout.prog(PROG_TO_POD))?;
+        let id = old.attach_with_options(
+            "slcpod0",
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )?;
+        let link: FdLink = old.take_link(id)?.try_into()?;
+        link.pin(&pod_pin)?;
+        let from_pod_id = aya::programs::ProgramInfo::from_pin(layout.prog(PROG_FROM_POD))?.id();
+        assert_ne!(pinned_xdp_link_state(&pod_pin)?.prog_id, from_pod_id);
+        assert_eq!(update_pod_links(&layout)?, 1);
+        let moved = pinned_xdp_link_state(&pod_pin)?;
+        assert_eq!(moved.prog_id, from_pod_id);
+        assert_eq!(
+            update_pod_links(&layout)?,
+            0,
+            "a second pass changes nothing"
+        );
+
+        // The uplink leaves the list: its link is detached and unpinned.
+        assert!(sync_uplink_routing(&layout, &[])?.is_empty());
+        assert!(!uplink_pin.exists());
+        Ok(())
+    })
+    .unwrap();
 }

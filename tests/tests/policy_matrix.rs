@@ -673,8 +673,10 @@ fn phase(failures: &mut Vec<String>, name: &str, f: impl FnOnce() -> anyhow::Res
     eprintln!("== {name}: {:?}", started.elapsed());
 }
 
-#[test]
-fn reachability_matrices_of_every_scenario() {
+/// Every scenario, the live update and the agent restart, with the pods'
+/// `hostRouting` set to `host_routing`: policy must be the same whether
+/// `from_pod` forwards the packets itself or hands them to the stack.
+fn every_scenario_with(host_routing: &'static str) {
     require_root("policy_matrix");
     let started = Instant::now();
     let set = scenarios::load(Path::new(SCENARIO_DIR)).expect("loading the scenarios");
@@ -683,8 +685,13 @@ fn reachability_matrices_of_every_scenario() {
         "{} scenarios",
         set.scenarios.len()
     );
-    let mut w =
-        PolicyWorld::new(&set, &Path::new(SCENARIO_DIR).join("cluster")).expect("the world");
+    eprintln!("== hostRouting {host_routing}");
+    let mut w = PolicyWorld::with_host_routing(
+        &set,
+        &Path::new(SCENARIO_DIR).join("cluster"),
+        host_routing,
+    )
+    .expect("the world");
     eprintln!("== world: {:?}", started.elapsed());
     let mut failures = Vec::new();
     phase(&mut failures, "scenarios", || Ok(run_scenarios(&w, &set)));
@@ -703,8 +710,18 @@ fn reachability_matrices_of_every_scenario() {
     let headlines: Vec<&str> = failures.iter().filter_map(|f| f.lines().next()).collect();
     assert!(
         failures.is_empty(),
-        "{} failures (details above):\n{}",
+        "{} failures with hostRouting {host_routing} (details above):\n{}",
         failures.len(),
         headlines.join("\n")
     );
+}
+
+#[test]
+fn reachability_matrices_of_every_scenario() {
+    every_scenario_with("ebpf");
+}
+
+#[test]
+fn reachability_matrices_of_every_scenario_with_legacy_host_routing() {
+    every_scenario_with("legacy");
 }
