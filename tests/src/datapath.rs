@@ -40,6 +40,9 @@ use ipnet::IpNet;
 pub const TCX_NEXT: u32 = u32::MAX;
 /// `TC_ACT_SHOT` from `linux/pkt_cls.h`.
 pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT`: eBPF host routing forwarded the packet
+/// (`bpf_redirect_peer`, `bpf_redirect`, `bpf_redirect_neigh`).
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Packets and bytes per reason code.
 pub type Reasons = BTreeMap<u32, (u64, u64)>;

@@ -55,7 +55,7 @@ use serde_json::{json, Value};
 
 use crate::{
     bin_dir,
-    datapath::{TCX_NEXT, TC_ACT_SHOT},
+    datapath::{TCX_NEXT, TC_ACT_REDIRECT, TC_ACT_SHOT},
     frames::{self, IPPROTO_SCTP},
     random_hex, Agent, BpffsDir, Netns, Sluicectl,
 };
@@ -714,7 +714,8 @@ impl PolicyWorld {
                 })
                 .with_context(|| format!("BPF_PROG_TEST_RUN of {step}"))?;
             match result.return_value {
-                TCX_NEXT => {}
+                // Passed on to the stack, or (eBPF host routing) forwarded.
+                TCX_NEXT | TC_ACT_REDIRECT => {}
                 TC_ACT_SHOT => return Ok(Outcome::Shot(step)),
                 other => return Ok(Outcome::Error(format!("{step} returned {other}"))),
             }
