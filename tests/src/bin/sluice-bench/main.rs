@@ -11,6 +11,7 @@
 //! run writes `<group>-quick.*` instead, so it never overwrites a full
 //! run's results). Ctrl-C stops at the next batch and removes everything.
 
+mod bpfrun;
 mod cni;
 mod machine;
 mod net;
@@ -146,10 +147,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 cni::run(&params, &out, &workspace)?;
                 Vec::new()
             }
-            "policy" => {
-                policy::run(&policy::Params::new(cli.quick), &out, &workspace)?;
-                Vec::new()
-            }
+            "policy" => policy::run(&policy::Params::new(cli.quick), &out, &workspace)?,
             "net" => net::run(cli.quick, &out, &workspace)?,
             "xdp" => xdp::run(cli.quick, &out, &workspace)?,
             "progs" => progs::run(cli.quick, &out, &workspace)?,

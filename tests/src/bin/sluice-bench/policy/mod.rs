@@ -5,15 +5,20 @@
 //!    ([`packet`]). Targets: at most 40 ns, at most 10% growth 1k → 64k.
 //! 2. TCP throughput (iperf3) and connections/s between two pods made by
 //!    the real plugin, the agent enforcing: (a) only the allow, (b) plus
-//!    10k rules, (c) no sluice policy, the 10k rules as linear iptables in
-//!    the node's FORWARD chain. Interleaved rounds, medians. Target ≥ 0.95x.
+//!    10k rules; and with no sluice policy, the rules in the node's forward
+//!    hook as (c) 10k linear iptables rules and (d) 0/1k/10k/64k rules as
+//!    one nftables rule with a set lookup ([`nft`]). Interleaved rounds,
+//!    medians. Target b/a ≥ 0.95x.
 //! 3. Sync time of 10k rules (the agent's own timings) and time from one
 //!    change to enforcement. Targets 25 ms and 1 ms.
 
+pub(crate) mod nft;
 mod packet;
 mod world;
 
 use std::{path::Path, time::Instant};
+
+use crate::ratio::{Better, Ratio};
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -76,13 +81,39 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-const SCENARIOS: [&str; 3] = [
-    "a: allow only",
-    "b: allow + 10k rules",
-    "c: 10k linear iptables, no sluice policy",
-];
+/// Sizes of the nftables-set baseline (the per-packet sizes of
+/// [`packet::ENTRIES`]).
+const NFT_RULES: [u32; 4] = packet::ENTRIES;
 
-pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> {
+/// A pod-traffic scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    AllowOnly,
+    Many,
+    Iptables,
+    NftSet(u32),
+}
+
+impl Scenario {
+    fn all() -> Vec<Scenario> {
+        let mut v = vec![Scenario::AllowOnly, Scenario::Many, Scenario::Iptables];
+        v.extend(NFT_RULES.map(Scenario::NftSet));
+        v
+    }
+
+    fn name(self) -> String {
+        match self {
+            Scenario::AllowOnly => "a: allow only".into(),
+            Scenario::Many => "b: allow + 10k rules".into(),
+            Scenario::Iptables => "c: 10k linear iptables, no sluice policy".into(),
+            Scenario::NftSet(n) => {
+                format!("d: {n} rules as an nftables set (one rule), no sluice policy")
+            }
+        }
+    }
+}
+
+pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Ratio>> {
     let started = Instant::now();
     let machine = Machine::describe(workspace);
     println!("-- per-packet cost of from_pod (BPF_PROG_TEST_RUN)");
@@ -97,43 +128,74 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> 
     println!("-- two pods: throughput and connections/s");
     let mut w = world::World::new()?;
     w.sync()?;
-    let mut gbps = [Vec::new(), Vec::new(), Vec::new()];
-    let mut cps = [Vec::new(), Vec::new(), Vec::new()];
+    let scenarios = Scenario::all();
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    let mut cps: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    // Packets that reached the nftables baseline's last rule, per size
+    // (the proof that the traffic walked the set lookup).
+    let mut nft_hits: Vec<u64> = vec![0; NFT_RULES.len()];
+    let mut nft_load_ms: Vec<Vec<f64>> = vec![Vec::new(); NFT_RULES.len()];
     let mut sync10k: Vec<Value> = Vec::new();
     let mut sync10k_wall = Vec::new();
     for round in 0..params.rounds {
-        for (i, name) in SCENARIOS.iter().enumerate() {
+        for (i, scenario) in scenarios.iter().enumerate() {
             crate::check_interrupted()?;
-            match i {
-                0 => {
+            match scenario {
+                Scenario::AllowOnly => {
                     w.iptables(false)?;
+                    w.nftables(None)?;
                     w.write("10-allow.yaml", &world::allow(true))?;
                     w.remove("50-many.yaml")?;
                     w.sync()?;
                 }
-                1 => {
+                Scenario::Many => {
+                    w.iptables(false)?;
+                    w.nftables(None)?;
+                    w.write("10-allow.yaml", &world::allow(true))?;
                     w.write("50-many.yaml", &world::many())?;
                     let t = Instant::now();
                     let v = w.sync()?;
                     sync10k_wall.push(t.elapsed().as_secs_f64() * 1e3);
                     sync10k.push(v);
                 }
-                _ => {
+                Scenario::Iptables => {
+                    w.nftables(None)?;
                     w.remove("50-many.yaml")?;
                     w.remove("10-allow.yaml")?;
                     w.sync()?;
                     w.iptables(true)?;
                 }
+                Scenario::NftSet(n) => {
+                    w.iptables(false)?;
+                    w.remove("50-many.yaml")?;
+                    w.remove("10-allow.yaml")?;
+                    w.sync()?;
+                    let t = Instant::now();
+                    w.nftables(Some(*n))?;
+                    let k = NFT_RULES.iter().position(|x| x == n).unwrap_or(0);
+                    nft_load_ms[k].push(t.elapsed().as_secs_f64() * 1e3);
+                }
             }
             let g = w.iperf(params.iperf_secs)?;
             let c = w.cps(params.cps_secs)?;
-            println!("round {round} {name}: {g:.2} Gbit/s, {c:.0} conn/s");
+            if let Scenario::NftSet(n) = scenario {
+                let k = NFT_RULES.iter().position(|x| x == n).unwrap_or(0);
+                // The table is reloaded (counter zeroed) every round.
+                nft_hits[k] += w.nftables_last_rule_packets()?;
+            }
+            println!(
+                "round {round} {}: {g:.2} Gbit/s, {c:.0} conn/s",
+                scenario.name()
+            );
             gbps[i].push(g);
             cps[i].push(c);
         }
+        // Reloaded next round, so each round's counter starts at zero.
+        w.nftables(None)?;
     }
     let ipt_hits = w.iptables_last_rule_packets().unwrap_or(0);
     w.iptables(false)?;
+    w.nftables(None)?;
 
     println!("-- change to enforcement (10k rules loaded)");
     w.write("10-allow.yaml", &world::allow(true))?;
@@ -223,10 +285,20 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> 
         "pods": {
             "placement": {"client_cpu": world::CLIENT_CPU, "server_cpu": world::SERVER_CPU, "tool": "taskset (iperf3), sched_setaffinity (connect loop and accept thread)"},
             "iperf_secs": params.iperf_secs, "cps_secs": params.cps_secs, "rounds": params.rounds,
-            "scenarios": SCENARIOS.iter().enumerate().map(|(i, n)| json!({"name": n, "gbps": gbps[i], "gbps_median": g[i], "cps": cps[i], "cps_median": c[i]})).collect::<Vec<_>>(),
+            "scenarios": scenarios.iter().enumerate().map(|(i, s)| json!({"name": s.name(), "gbps": gbps[i], "gbps_median": g[i], "cps": cps[i], "cps_median": c[i]})).collect::<Vec<_>>(),
             "ratio_b_over_a": {"throughput": g[1] / g[0], "cps": c[1] / c[0]},
             "ratio_c_over_a": {"throughput": g[2] / g[0], "cps": c[2] / c[0]},
             "iptables": {"variant": iptables_version(), "rules": 10_000, "last_rule_packets": ipt_hits},
+            "nftables_set": {
+                "version": nft::version(),
+                "ruleset": "table inet sluice_bench, forward hook: `ip saddr . ip daddr . tcp dport @rules accept` (concatenated interval set, the iptables rules' matches), then `ip saddr POD_SUBNET ip daddr POD_SUBNET counter accept`",
+                "sizes": NFT_RULES.iter().enumerate().map(|(k, n)| json!({
+                    "rules": n,
+                    "load_ms": nft_load_ms[k],
+                    "last_rule_packets": nft_hits[k],
+                    "gbps_median": g[3 + k], "cps_median": c[3 + k],
+                })).collect::<Vec<_>>(),
+            },
         },
         "sync_10k": {"samples": sync10k.iter().map(|v| json!({"syncMicros": v["syncMicros"], "compileMicros": v["report"]["compileMicros"], "apply": v["report"]["apply"], "rules": v["report"]["rules"], "counts": v["report"]["counts"]})).collect::<Vec<_>>(),
             "sync_ms_median": s10_sync, "compile_ms_median": s10_compile, "apply_ms_median": s10_apply, "written_median": s10_written,
@@ -237,13 +309,17 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> 
 
     let mut md = String::new();
     md.push_str(&format!(
-        "# policy benchmarks{}\n\n- Machine: {}\n- Run: {:.0} s; per-packet: {} repeats (hot), {} distinct flows (single runs), median of {} interleaved measurements\n- Pods: client on CPU {}, server on CPU {}; iperf3 {} s × {} rounds, connect/close loop {} s × {} rounds, scenarios interleaved per round, medians\n- iptables: {} ({} packets reached the last rule)\n\n",
+        "# policy benchmarks{}\n\n- Date: {}\n- Sluice commit: {}\n- Machine: {}\n- Run: {:.0} s; per-packet: {} repeats (hot), {} distinct flows (single runs), median of {} interleaved measurements\n- Pods: client on CPU {}, server on CPU {}; iperf3 {} s × {} rounds, connect/close loop {} s × {} rounds, scenarios interleaved per round, medians\n- iptables: {} ({} packets reached the last rule)\n- nftables set baseline: {}; one rule `ip saddr . ip daddr . tcp dport @rules accept` (concatenated interval set of the same matches as the iptables rules) in an inet forward chain, then the pod-subnet accept with a counter; packets that reached it per size: {}\n\n",
         if params.quick { " (--quick)" } else { "" },
+        crate::machine::utc_now(),
+        machine.commit,
         machine.line(),
         started.elapsed().as_secs_f64(),
         params.repeat, params.flows, params.packet_reps,
         world::CLIENT_CPU, world::SERVER_CPU, params.iperf_secs, params.rounds, params.cps_secs, params.rounds,
         iptables_version(), ipt_hits,
+        nft::version(),
+        NFT_RULES.iter().zip(&nft_hits).map(|(n, h)| format!("{n}: {h}")).collect::<Vec<_>>().join(", "),
     ));
     md.push_str(&format!(
         "## from_pod per packet, ns over an empty tc program (empty: {:.0} ns hot, {:.0} ns single runs)\n\n| POLICY entries | established | new flow | established, distinct flows | denied |\n|---:|---:|---:|---:|---:|\n",
@@ -255,10 +331,10 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> 
             r.entries, r.established, r.new_flow, r.established_20k, r.denied
         ));
     }
-    md.push_str(&format!(
-        "\n## Pods (median)\n\n| scenario | Gbit/s | conn/s |\n|---|---:|---:|\n| {} | {:.2} | {:.0} |\n| {} | {:.2} | {:.0} |\n| {} | {:.2} | {:.0} |\n",
-        SCENARIOS[0], g[0], c[0], SCENARIOS[1], g[1], c[1], SCENARIOS[2], g[2], c[2]
-    ));
+    md.push_str("\n## Pods (median)\n\n| scenario | Gbit/s | conn/s |\n|---|---:|---:|\n");
+    for (i, s) in scenarios.iter().enumerate() {
+        md.push_str(&format!("| {} | {:.2} | {:.0} |\n", s.name(), g[i], c[i]));
+    }
     md.push_str(&format!(
         "\n## Sync and change\n\n- 10k rules sync (agent): {:.1} ms (compile {:.1} ms, map apply {:.1} ms, {:.0} entries written); `sluicectl sync` wall {:.1} ms\n- One change (deny an allowed port, 10k rules loaded): agent map apply {:.3} ms, agent sync {:.1} ms, edit + `sluicectl sync` + first refused connect {:.1} ms (first probe after sync returned: {:.2} ms)\n",
         s10_sync, s10_compile, s10_apply, s10_written, median(&sync10k_wall), ch_apply, median(&sync_us) / 1e3, ch_e2e, median(&after_sync)
@@ -306,7 +382,81 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> 
     )
     .context("writing the json")?;
     std::fs::write(out.join(format!("{stem}.md")), md).context("writing the md")?;
-    Ok(())
+    Ok(ratios(&pk, &g, &c))
+}
+
+/// The group's ratios against same-run baselines. The absolute targets
+/// (ns per packet, sync and change times) have no baseline and stay in the
+/// Markdown's target table.
+fn ratios(pk: &packet::Result, g: &[f64], c: &[f64]) -> Vec<Ratio> {
+    let row = |e: u32| pk.rows.iter().find(|r| r.entries == e).expect("row");
+    let nft10k = 3 + NFT_RULES.iter().position(|n| *n == 10_000).unwrap_or(0);
+    let r = |name: &str, baseline: &str, value: f64, better, target| Ratio {
+        group: "policy",
+        name: name.into(),
+        baseline: baseline.into(),
+        value,
+        better,
+        target,
+    };
+    vec![
+        r(
+            "from_pod established, ns over empty, 64k POLICY entries",
+            "the same with 1k entries",
+            row(65_536).established / row(1_000).established,
+            Better::Lower,
+            Some(1.10),
+        ),
+        r(
+            "from_pod new flow, ns over empty, 64k POLICY entries",
+            "the same with 1k entries",
+            row(65_536).new_flow / row(1_000).new_flow,
+            Better::Lower,
+            Some(1.10),
+        ),
+        r(
+            "pod TCP throughput, sluice 10k rules",
+            "sluice, allow only",
+            g[1] / g[0],
+            Better::Higher,
+            Some(0.95),
+        ),
+        r(
+            "pod conn/s, sluice 10k rules",
+            "sluice, allow only",
+            c[1] / c[0],
+            Better::Higher,
+            Some(0.95),
+        ),
+        r(
+            "pod TCP throughput, sluice 10k rules",
+            "10k linear iptables rules",
+            g[1] / g[2],
+            Better::Higher,
+            None,
+        ),
+        r(
+            "pod conn/s, sluice 10k rules",
+            "10k linear iptables rules",
+            c[1] / c[2],
+            Better::Higher,
+            None,
+        ),
+        r(
+            "pod TCP throughput, sluice 10k rules",
+            "10k rules as an nftables set",
+            g[1] / g[nft10k],
+            Better::Higher,
+            None,
+        ),
+        r(
+            "pod conn/s, sluice 10k rules",
+            "10k rules as an nftables set",
+            c[1] / c[nft10k],
+            Better::Higher,
+            None,
+        ),
+    ]
 }
 
 fn iptables_version() -> String {

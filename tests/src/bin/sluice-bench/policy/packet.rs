@@ -6,7 +6,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -25,117 +24,12 @@ use tests::{
     frames::{tcp, Ipv4, IPPROTO_TCP},
 };
 
+use crate::bpfrun::{self, EmptyProg, BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC};
+
 const EP_A: u64 = 0xa11ce;
 const ID_A: u32 = 256;
 const ID_REMOTE: u32 = 300;
 pub const ENTRIES: [u32; 4] = [0, 1_000, 10_000, 65_536];
-
-/// The empty SCHED_CLS program, loaded through the raw syscall.
-struct EmptyProg(OwnedFd);
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    pad: [u64; 12],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    pad: [u32; 9],
-}
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-
-impl EmptyProg {
-    fn load() -> anyhow::Result<Self> {
-        // r0 = -1 (BPF_ALU64 | BPF_MOV | BPF_K); exit.
-        let insns: [u64; 2] = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
-            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-        ];
-        let license = b"GPL\0";
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_SCHED_CLS,
-            insn_cnt: 2,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            ..Default::default()
-        };
-        attr.prog_name[..11].copy_from_slice(b"bench_empty");
-        // SAFETY: a bpf_attr of the kernel's layout, zero-padded, pointing at
-        // live buffers for the duration of the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &mut attr as *mut _,
-                std::mem::size_of::<ProgLoadAttr>() as u32,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("BPF_PROG_LOAD of the empty program");
-        }
-        // SAFETY: a new fd the kernel just returned to us.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
-    }
-
-    /// Mean duration per repetition and the return value.
-    fn run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(Duration, u32)> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut attr = TestRunAttr {
-            prog_fd: self.0.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_size_out: out.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat,
-            ..Default::default()
-        };
-        // SAFETY: as above.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut _,
-                std::mem::size_of::<TestRunAttr>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("BPF_PROG_TEST_RUN of the empty program");
-        }
-        Ok((Duration::from_nanos(u64::from(attr.duration)), attr.retval))
-    }
-}
 
 fn v4(d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 0, d)
@@ -168,7 +62,11 @@ pub struct Result {
 
 /// Medians over `reps` measurements of each figure.
 pub fn run(repeat: u32, flows: u16, reps: usize) -> anyhow::Result<Result> {
-    let empty = EmptyProg::load()?;
+    let empty = EmptyProg::load(BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC)?;
+    let empty_run = |frame: &[u8], repeat: u32| -> anyhow::Result<(Duration, u32)> {
+        let r = bpfrun::test_run(empty.fd(), frame, repeat)?;
+        Ok((r.per_run, r.retval))
+    };
     let dp = Datapath::load();
     let a = IpAddr::V4(v4(5));
     let remote = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 7));
@@ -250,7 +148,7 @@ pub fn run(repeat: u32, flows: u16, reps: usize) -> anyhow::Result<Result> {
             // The baseline interleaved with every measurement.
             let established = frame(30_000, 8080);
             fp(&established, 1)?;
-            let (e, rv) = empty.run(&established, repeat)?;
+            let (e, rv) = empty_run(&established, repeat)?;
             empty_retval = rv;
             let eh = ns(e);
             empty_hot.push(eh);
@@ -258,7 +156,7 @@ pub fn run(repeat: u32, flows: u16, reps: usize) -> anyhow::Result<Result> {
             den.push(ns(fp(&denied, repeat)?) - eh);
             let _ = dp.drain_events();
             let allowed = flows_of(8080);
-            let es = single(&allowed, &|f| Ok(empty.run(f, 1)?.0))?;
+            let es = single(&allowed, &|f| Ok(empty_run(f, 1)?.0))?;
             empty_single.push(es);
             new.push(single(&allowed, &|f| fp(f, 1))? - es);
             est20.push(single(&allowed, &|f| fp(f, 1))? - es);
@@ -272,7 +170,7 @@ pub fn run(repeat: u32, flows: u16, reps: usize) -> anyhow::Result<Result> {
             denied: median(den),
         });
     }
-    if empty_retval != u32::MAX {
+    if empty_retval != TC_ACT_UNSPEC {
         bail!("the empty program returned {empty_retval}, not TC_ACT_UNSPEC");
     }
     Ok(Result {

@@ -83,6 +83,49 @@ fn iptables_rules() -> String {
     s
 }
 
+/// The nftables baseline's table in the node namespace (a fixed name is
+/// fine there: the namespace is the bench's own).
+pub const NFT_TABLE: &str = "sluice_bench";
+const NFT_COUNTER: &str = "reached_last_rule";
+
+/// Element `i` of the nftables set: the same rule as iptables rule `i`
+/// (source 198.18.(i mod 256).0/24, the pod subnet, TCP port 10000 + i)
+/// for i < 50 000; beyond that ports wrap and the sources move to
+/// 198.19.0.0/16, so every element stays distinct (64k rules do not fit
+/// 55 536 ports). None matches the test traffic.
+fn nft_element(i: u32) -> String {
+    let second = if i < 50_000 { 18 } else { 19 };
+    format!(
+        "198.{second}.{}.0/24 . {SUBNET} . {}",
+        i % 256,
+        10_000 + i % 50_000
+    )
+}
+
+/// `n` rules as one nftables rule with a set lookup (a concatenated
+/// interval set: source . destination . port), in the forward hook where
+/// the iptables baseline sits, then the same last rule accepting the pod
+/// subnet, with a counter proving the traffic walked the chain.
+fn nft_ruleset(n: u32) -> String {
+    let elements: Vec<String> = (0..n).map(nft_element).collect();
+    let elements = if elements.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", elements.join(", "))
+    };
+    format!(
+        "table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n\
+         table inet {NFT_TABLE} {{\n\
+           counter {NFT_COUNTER} {{ }}\n\
+           set rules {{ type ipv4_addr . ipv4_addr . inet_service; flags interval;{elements} }}\n\
+           chain forward {{ type filter hook forward priority 0; policy accept;\n\
+             ip saddr . ip daddr . tcp dport @rules accept\n\
+             ip saddr {SUBNET} ip daddr {SUBNET} counter name {NFT_COUNTER} accept\n\
+           }}\n\
+         }}\n"
+    )
+}
+
 pub struct Pod {
     pub ns: Netns,
     pub cid: String,
@@ -100,6 +143,8 @@ pub struct World {
     iperf: Option<Child>,
     chain_loaded: bool,
     jumped: bool,
+    /// Elements in the nftables baseline's set, when its table is loaded.
+    nft_rules: Option<u32>,
 }
 
 /// Runs `cmd` with its network namespace switched to `ns`.
@@ -116,7 +161,7 @@ pub fn in_ns(ns: &Netns, cmd: &mut Command) {
     }
 }
 
-fn output(cmd: &mut Command, input: Option<&str>) -> anyhow::Result<String> {
+pub fn output(cmd: &mut Command, input: Option<&str>) -> anyhow::Result<String> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -167,6 +212,7 @@ impl World {
             iperf: None,
             chain_loaded: false,
             jumped: false,
+            nft_rules: None,
         };
         std::fs::create_dir_all(w.path("manifests"))?;
         w.write("00-base.yaml", BASE)?;
@@ -317,6 +363,26 @@ impl World {
         Ok(())
     }
 
+    /// Loads the nftables baseline with `n` rules in its set (replacing any
+    /// table loaded before), or removes it (`None`).
+    pub fn nftables(&mut self, n: Option<u32>) -> anyhow::Result<()> {
+        if n == self.nft_rules {
+            return Ok(());
+        }
+        match n {
+            Some(n) => super::nft::apply(&self.node, &nft_ruleset(n))?,
+            None => super::nft::delete_table(&self.node, "inet", NFT_TABLE)?,
+        }
+        self.nft_rules = n;
+        Ok(())
+    }
+
+    /// Packets that reached the nftables baseline's last rule since its
+    /// table was loaded.
+    pub fn nftables_last_rule_packets(&self) -> anyhow::Result<u64> {
+        super::nft::counter_packets(&self.node, "inet", NFT_TABLE, NFT_COUNTER)
+    }
+
     /// Packets that reached the last iptables rule (proof the traffic
     /// walked the whole chain).
     pub fn iptables_last_rule_packets(&self) -> anyhow::Result<u64> {
@@ -419,6 +485,9 @@ impl Drop for World {
         }
         self.servers.clear();
         let _ = self.iptables(false);
+        if let Err(e) = self.nftables(None) {
+            eprintln!("warning: removing the nftables table: {e:#}");
+        }
         if self.chain_loaded {
             for op in ["-F", "-X"] {
                 let mut cmd = Command::new("iptables");
