@@ -3,7 +3,9 @@
 //! live in the `sluice-bench` binary of the `tests` crate so they share the
 //! end-to-end harness (namespaces, the agent, pins) instead of duplicating
 //! it. Every benchmark measures its baseline in the same run and reports
-//! ratios; results go to `bench/results/` (see the README, "Benchmarks").
+//! ratios; results go to `bench/results/`: each group's `<group>.{json,md}`
+//! and the summary of all of them, `summary.{json,md,png}` (see the README,
+//! "Benchmarks").
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::Context as _;
@@ -14,13 +16,20 @@ use crate::util::{self, Ctx};
 /// `cargo xtask bench` arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// About a minute instead of about five: 50 samples per plugin, op and
-    /// mode instead of 200. Writes `bench/results/<group>-quick.*`, so the
-    /// full run's results stay.
+    /// A short run of every group (fewer samples, shorter transfers): a few
+    /// minutes in all on a 2-CPU machine. Writes
+    /// `bench/results/<group>-quick.*` and `summary-quick.*` (git-ignored),
+    /// so the full run's results stay.
     #[arg(long)]
     quick: bool,
-    /// Run only this group (repeatable). Groups: cni (ADD/DEL latency of
-    /// sluice vs the reference bridge plugin).
+    /// Run only this group (repeatable); the summary keeps the other
+    /// groups' latest results. Groups: cni (ADD/DEL latency vs the
+    /// reference bridge plugin), policy (NetworkPolicy per-packet cost,
+    /// throughput and conn/s with 10k rules, sync), net (pod TCP stream,
+    /// TCP_RR, TCP_CRR, CPU per Gbit/s vs bare veth, the reference bridge
+    /// and a routed baseline), xdp (prefilter drop rate vs an empty
+    /// XDP_DROP and nftables), progs (per-program cost via
+    /// BPF_PROG_TEST_RUN, minus an empty program).
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
     /// More arguments for `sluice-bench` (`--samples N`, `--parallel N`,

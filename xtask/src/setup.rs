@@ -50,6 +50,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // `dnsmasq` (the binary only, no system service): the DHCP server the
     // `dhcp` IPAM delegation test runs in a namespace of its own.
     "dnsmasq-base",
+    // DejaVu Sans: the font of the benchmark summary's chart
+    // (`bench/results/summary.png`, drawn with plotters).
+    "fonts-dejavu-core",
 ];
 
 /// The LLVM that `DEBIAN_PACKAGES` installs and bpf-linker is built with.

@@ -3,15 +3,34 @@
 //! reported as ratios. Needs root; binaries from `$SLUICE_BIN_DIR` (xtask
 //! points it at the release build).
 //!
-//! Groups (`--only NAME`):
+//! Groups (all by default, in this order; `--only NAME` runs some of them):
 //! - `cni`: ADD and DEL latency of the `sluice` plugin against the
 //!   reference `bridge` plugin ([`cni`]).
+//! - `policy`: NetworkPolicy costs: per-packet cost of `from_pod` over an
+//!   empty tc program, pod throughput and conn/s with 10k rules, sync
+//!   ([`policy`]).
+//! - `net`: pod-to-pod TCP stream, TCP_RR, TCP_CRR and CPU per Gbit/s on
+//!   every path against bare veth, the reference bridge and a routed
+//!   host-namespace baseline ([`net`]).
+//! - `xdp`: the XDP prefilter's drop rate with live frames against an empty
+//!   XDP_DROP program and an nftables drop ([`xdp`]).
+//! - `progs`: the cost of each program under BPF_PROG_TEST_RUN, minus an
+//!   empty program ([`progs`]).
 //!
-//! Results go to `bench/results/<group>.json` and `<group>.md` (a `--quick`
-//! run writes `<group>-quick.*` instead, so it never overwrites a full
-//! run's results). Ctrl-C stops at the next batch and removes everything.
+//! Each group writes `bench/results/<group>.json` and `<group>.md` with its
+//! measurements and returns its ratios; the suite then writes the summary of
+//! every group's latest run, `summary.json`, `summary.md` and the chart
+//! `summary.png` ([`summary`]), merging a partial (`--only`) run into the
+//! summary already there, and prints the ratios.
+//!
+//! `--quick` is a short run of every group (fewer samples, shorter
+//! transfers; a few minutes in all on a 2-CPU machine) for a look, not for
+//! keeping: it writes `<group>-quick.*` and `summary-quick.*` (git-ignored),
+//! so it never overwrites a full run's results. A group that fails is
+//! reported and the others still run (the summary keeps the failed group's
+//! previous rows); the exit status is then non-zero. Ctrl-C stops at the
+//! next batch and removes everything.
 
-mod bpfrun;
 mod cni;
 mod machine;
 mod net;
@@ -19,6 +38,7 @@ mod policy;
 mod progs;
 mod ratio;
 mod stats;
+mod summary;
 mod xdp;
 
 use std::{
@@ -65,20 +85,23 @@ const GROUPS: &[(&str, &str)] = &[
     about = "Sluice benchmarks against a baseline measured in the same run (root)"
 )]
 struct Cli {
-    /// Fewer samples (50 instead of 200 per plugin, op and mode): about a
-    /// minute. Writes `<group>-quick.*`.
+    /// A short run of every group (fewer samples, shorter transfers): a few
+    /// minutes in all. Writes `<group>-quick.*` and `summary-quick.*`, so the
+    /// full run's results stay.
     #[arg(long)]
     quick: bool,
-    /// Run only this group (repeatable): cni.
+    /// Run only this group (repeatable): cni, policy, net, xdp, progs. The
+    /// summary keeps the other groups' latest results.
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
     /// Where results go.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Samples per plugin, op and mode (overrides the --quick/full default).
+    /// cni: samples per plugin, op and mode (overrides the --quick/full
+    /// default of 50/200).
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
-    /// Containers started at once in the parallel mode.
+    /// cni: containers started at once in the parallel mode.
     #[arg(long, value_name = "N", default_value_t = 20)]
     parallel: usize,
 }
@@ -134,39 +157,102 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         tests::bin_dir().display(),
         out.display()
     );
-    let mut ratios: Vec<ratio::Ratio> = Vec::new();
+    let machine = machine::Machine::describe(&workspace);
+    let mut runs = Vec::new();
+    let mut rows = Vec::new();
+    let mut failed: Vec<(&str, anyhow::Error)> = Vec::new();
     for (name, what) in GROUPS {
         if !cli.only.is_empty() && !cli.only.iter().any(|o| o == name) {
             continue;
         }
         println!("\n== {name}: {what}");
+        let date = machine::utc_now();
         let started = Instant::now();
-        let group_ratios = match *name {
-            "cni" => {
-                let params = cni::Params::new(cli.quick, cli.samples, cli.parallel);
-                cni::run(&params, &out, &workspace)?;
-                Vec::new()
+        match run_group(cli, name, &out, &workspace) {
+            Ok(group_ratios) => {
+                let seconds = started.elapsed().as_secs_f64();
+                let run = summary::GroupRun::new(name, date, &machine, cli.quick, seconds);
+                rows.extend(group_ratios.iter().map(|r| summary::Row::new(r, &run)));
+                runs.push(run);
+                println!("== {name} done in {seconds:.0} s");
             }
-            "policy" => policy::run(&policy::Params::new(cli.quick), &out, &workspace)?,
-            "net" => net::run(cli.quick, &out, &workspace)?,
-            "xdp" => xdp::run(cli.quick, &out, &workspace)?,
-            "progs" => progs::run(cli.quick, &out, &workspace)?,
-            other => bail!("group {other} has no runner"),
-        };
-        ratios.extend(group_ratios);
-        println!("== {name} done in {:.0} s", started.elapsed().as_secs_f64());
+            Err(err) if INTERRUPTED.load(Ordering::Relaxed) => {
+                // What finished still goes into the summary.
+                write_summary(&out, cli.quick, runs, rows)?;
+                return Err(err);
+            }
+            Err(err) => {
+                eprintln!("== {name} FAILED: {err:#}\n(the other groups still run)");
+                failed.push((name, err));
+            }
+        }
     }
-    // The summary (JSON, Markdown, PNG chart) is written by `summary`
-    // (being written); until then the ratios are printed.
-    for r in &ratios {
-        println!(
-            "{:<8} {:<50} {:.3}x {}",
-            r.group,
-            r.name,
-            r.value,
-            r.baseline
+    write_summary(&out, cli.quick, runs, rows)?;
+    match failed.as_slice() {
+        [] => Ok(()),
+        [(name, err)] => Err(anyhow::anyhow!("group {name} failed: {err:#}")),
+        many => {
+            let names: Vec<&str> = many.iter().map(|(n, _)| *n).collect();
+            bail!("groups {} failed (errors above)", names.join(", "))
+        }
+    }
+}
+
+/// Runs one group; its ratios for the summary.
+fn run_group(
+    cli: &Cli,
+    name: &str,
+    out: &Path,
+    workspace: &Path,
+) -> anyhow::Result<Vec<ratio::Ratio>> {
+    let (out, workspace) = (out.to_path_buf(), workspace.to_path_buf());
+    Ok(match name {
+        "cni" => {
+            let params = cni::Params::new(cli.quick, cli.samples, cli.parallel);
+            cni::run(&params, &out, &workspace)?
+        }
+        "policy" => {
+            policy::run(&policy::Params::new(cli.quick), &out, &workspace)?;
+            Vec::new()
+        }
+        "net" => net::run(cli.quick, &out, &workspace)?,
+        "xdp" => xdp::run(cli.quick, &out, &workspace)?,
+        "progs" => progs::run(cli.quick, &out, &workspace)?,
+        other => bail!("group {other} has no runner"),
+    })
+}
+
+/// Merges this run's groups into the summary in `out` (`summary.*`, or
+/// `summary-quick.*`), writes it and prints this run's ratios.
+fn write_summary(
+    out: &Path,
+    quick: bool,
+    runs: Vec<summary::GroupRun>,
+    rows: Vec<summary::Row>,
+) -> anyhow::Result<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let paths = summary::Paths::new(out, quick);
+    let mut summary = summary::Summary::load(&paths.json).unwrap_or_else(|err| {
+        eprintln!(
+            "sluice-bench: ignoring the old summary ({err:#}); the new one has only this run's groups"
         );
-    }
+        summary::Summary::default()
+    });
+    let ran: Vec<String> = runs.iter().map(|r| r.group.clone()).collect();
+    let order: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();
+    summary.merge(runs, rows, &order);
+    let ran: Vec<&str> = ran.iter().map(String::as_str).collect();
+    println!("\n== summary of this run\n{}", summary.terminal(&ran));
+    let (met, missed, none) = summary.counts();
+    summary.write(&paths)?;
+    println!(
+        "summary of every group's latest run ({met} met, {missed} missed, {none} without a target): {}, {} and {}",
+        paths.json.display(),
+        paths.markdown.display(),
+        paths.png.display()
+    );
     Ok(())
 }
 

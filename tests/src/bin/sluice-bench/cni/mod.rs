@@ -36,6 +36,7 @@ use serde_json::{json, Value};
 use tests::{agent::bin, Agent, BpffsDir, Netns};
 
 use crate::machine::{utc_now, Machine};
+use crate::ratio::Ratio;
 use report::Report;
 
 /// Network name, the same for both plugins.
@@ -528,8 +529,9 @@ fn run_variant(
 }
 
 /// The group: measures, writes `cni.json` and `cni.md` (or `cni-quick.*`)
-/// into `out`, prints the table.
-pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> {
+/// into `out`, prints the table; returns the summary's ratios (sluice p50 /
+/// bridge p50 of every row, target at most [`TARGET_RATIO`]).
+pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Ratio>> {
     let machine = Machine::describe(workspace);
     let date = utc_now();
     println!("[cni] machine: {}", machine.line());
@@ -580,5 +582,5 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<()> 
         json_path.display(),
         md_path.display()
     );
-    Ok(())
+    Ok(report.ratios())
 }

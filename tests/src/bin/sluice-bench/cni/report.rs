@@ -10,6 +10,7 @@ use super::{
     TARGET_RATIO,
 };
 use crate::machine::Machine;
+use crate::ratio::{Better, Ratio};
 use crate::stats::{ms, round, Summary};
 
 /// A row of the result table.
@@ -66,6 +67,26 @@ impl Report {
             }
         }
         rows
+    }
+
+    /// The rows as the suite's summary lines: sluice p50 / bridge p50.
+    pub(super) fn ratios(&self) -> Vec<Ratio> {
+        self.rows()
+            .iter()
+            .map(|r| Ratio {
+                group: "cni",
+                name: format!(
+                    "{} p50, {}{}",
+                    r.op.name(),
+                    r.mode.name(),
+                    if r.masq { ", ipMasq" } else { "" }
+                ),
+                baseline: "reference bridge plugin".into(),
+                value: r.ratio(|s| s.p50),
+                better: Better::Lower,
+                target: Some(TARGET_RATIO),
+            })
+            .collect()
     }
 
     fn verdict(&self, rows: &[Row]) -> String {
