@@ -31,7 +31,31 @@ pub const CLIENT_CPU: usize = 0;
 pub const SERVER_CPU: usize = 1;
 pub const CHAIN: &str = "SLUICE-BENCH";
 
-const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: pol, labels: {team: x}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: pol, labels: {app: a}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: pol, labels: {app: b}}\n";
+/// Pods a and b (eBPF host routing, the default), and la and lb (legacy
+/// routing; no policy selects them).
+const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: pol, labels: {team: x}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: pol, labels: {app: a}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: pol, labels: {app: b}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: la, namespace: pol, labels: {app: la}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: lb, namespace: pol, labels: {app: lb}}\n";
+
+/// A client/server pod pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pair {
+    /// a -> b, `hostRouting: ebpf` (the default): from_pod forwards with
+    /// bpf_redirect_peer, so pod-to-pod traffic never reaches the node's
+    /// netfilter forward hook.
+    HostRouting,
+    /// la -> lb, `hostRouting: legacy`: the node's stack routes every
+    /// packet, through netfilter's forward hook, where the iptables and
+    /// nftables baselines sit.
+    Legacy,
+}
+
+impl Pair {
+    fn indices(self) -> (usize, usize) {
+        match self {
+            Pair::HostRouting => (0, 1),
+            Pair::Legacy => (2, 3),
+        }
+    }
+}
 
 /// The policy selecting the server pod b that allows a on the test ports
 /// (`probe`: with the probe port too).
@@ -127,6 +151,8 @@ fn nft_ruleset(n: u32) -> String {
 }
 
 pub struct Pod {
+    name: &'static str,
+    legacy: bool,
     pub ns: Netns,
     pub cid: String,
     pub ip: Ipv4Addr,
@@ -140,7 +166,7 @@ pub struct World {
     agent: Option<Agent>,
     pub pods: Vec<Pod>,
     servers: Vec<Sink>,
-    iperf: Option<Child>,
+    iperf: Vec<Child>,
     chain_loaded: bool,
     jumped: bool,
     /// Elements in the nftables baseline's set, when its table is loaded.
@@ -209,7 +235,7 @@ impl World {
             agent: None,
             pods: Vec::new(),
             servers: Vec::new(),
-            iperf: None,
+            iperf: Vec::new(),
             chain_loaded: false,
             jumped: false,
             nft_rules: None,
@@ -229,26 +255,28 @@ impl World {
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         w.agent = Some(Agent::start(&w.node, &w.bpffs, &args)?);
-        for name in ["a", "b"] {
-            w.add_pod(name)?;
+        for (name, legacy) in [("a", false), ("b", false), ("la", true), ("lb", true)] {
+            w.add_pod(name, legacy)?;
         }
-        let b = &w.pods[1];
-        for port in [CPS_PORT, PROBE_PORT] {
-            w.servers.push(Sink::start(&b.ns, port)?);
+        for (server, ports) in [(1, &[CPS_PORT, PROBE_PORT][..]), (3, &[CPS_PORT][..])] {
+            for port in ports {
+                let sink = Sink::start(&w.pods[server].ns, *port)?;
+                w.servers.push(sink);
+            }
+            let mut cmd = Command::new("taskset");
+            cmd.args([
+                "-c",
+                &SERVER_CPU.to_string(),
+                "iperf3",
+                "-s",
+                "-p",
+                &IPERF_PORT.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            in_ns(&w.pods[server].ns, &mut cmd);
+            w.iperf.push(cmd.spawn().context("iperf3 -s")?);
         }
-        let mut cmd = Command::new("taskset");
-        cmd.args([
-            "-c",
-            &SERVER_CPU.to_string(),
-            "iperf3",
-            "-s",
-            "-p",
-            &IPERF_PORT.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        in_ns(&b.ns, &mut cmd);
-        w.iperf = Some(cmd.spawn().context("iperf3 -s")?);
         std::thread::sleep(Duration::from_millis(300));
         Ok(w)
     }
@@ -286,8 +314,8 @@ impl World {
         Ok(v)
     }
 
-    fn conf(&self) -> Value {
-        json!({
+    fn conf(&self, legacy: bool) -> Value {
+        let mut conf = json!({
             "cniVersion": "1.0.0",
             "name": self.net,
             "type": "sluice",
@@ -297,10 +325,21 @@ impl World {
             "waitForPolicy": true,
             "policyTimeoutMs": 5000,
             "ipam": {"type": "sluice-ipam", "ranges": [[{"subnet": SUBNET}]], "dataDir": self.path("ipam")},
-        })
+        });
+        if legacy {
+            conf["hostRouting"] = "legacy".into();
+        }
+        conf
     }
 
-    fn plugin(&self, command: &str, cid: &str, ns: &Netns, pod: &str) -> anyhow::Result<Value> {
+    fn plugin(
+        &self,
+        command: &str,
+        cid: &str,
+        ns: &Netns,
+        pod: &str,
+        legacy: bool,
+    ) -> anyhow::Result<Value> {
         let mut cmd = Command::new(bin_dir().join("sluice"));
         cmd.env_clear()
             .env("CNI_COMMAND", command)
@@ -313,14 +352,14 @@ impl World {
                 format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=pol;K8S_POD_NAME={pod}"),
             );
         in_ns(&self.node, &mut cmd);
-        let out = output(&mut cmd, Some(&self.conf().to_string()))?;
+        let out = output(&mut cmd, Some(&self.conf(legacy).to_string()))?;
         Ok(serde_json::from_str(&out).unwrap_or(Value::Null))
     }
 
-    fn add_pod(&mut self, name: &str) -> anyhow::Result<()> {
+    fn add_pod(&mut self, name: &'static str, legacy: bool) -> anyhow::Result<()> {
         let ns = Netns::new()?;
         let cid = format!("bench-pol-{name}-{}", random_hex(8));
-        let result = self.plugin("ADD", &cid, &ns, name)?;
+        let result = self.plugin("ADD", &cid, &ns, name, legacy)?;
         let ip = result["ips"]
             .as_array()
             .into_iter()
@@ -335,12 +374,18 @@ impl World {
             })
             .next()
             .with_context(|| format!("no IPv4 address in {result}"))?;
-        self.pods.push(Pod { ns, cid, ip });
+        self.pods.push(Pod {
+            name,
+            legacy,
+            ns,
+            cid,
+            ip,
+        });
         Ok(())
     }
 
-    fn server(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.pods[1].ip), port)
+    fn server(&self, pair: Pair, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.pods[pair.indices().1].ip), port)
     }
 
     /// Loads the iptables chain (once) and jumps to it from FORWARD, or
@@ -398,22 +443,23 @@ impl World {
             .unwrap_or(0))
     }
 
-    /// One iperf3 run from a to b: Gbit/s received.
-    pub fn iperf(&self, secs: u32) -> anyhow::Result<f64> {
+    /// One iperf3 run from the pair's client to its server: Gbit/s received.
+    pub fn iperf(&self, pair: Pair, secs: u32) -> anyhow::Result<f64> {
+        let (client, server) = pair.indices();
         let mut cmd = Command::new("taskset");
         cmd.args([
             "-c",
             &CLIENT_CPU.to_string(),
             "iperf3",
             "-c",
-            &self.pods[1].ip.to_string(),
+            &self.pods[server].ip.to_string(),
             "-p",
             &IPERF_PORT.to_string(),
             "-t",
             &secs.to_string(),
             "-J",
         ]);
-        in_ns(&self.pods[0].ns, &mut cmd);
+        in_ns(&self.pods[client].ns, &mut cmd);
         let out = output(&mut cmd, None)?;
         let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -423,10 +469,11 @@ impl World {
     }
 
     /// Connections per second: connect, close (RST: no TIME_WAIT) for
-    /// `secs` seconds from a (pinned to CLIENT_CPU) to b:CPS_PORT.
-    pub fn cps(&self, secs: f64) -> anyhow::Result<f64> {
-        let addr = self.server(CPS_PORT);
-        self.pods[0].ns.run(move || {
+    /// `secs` seconds from the pair's client (pinned to CLIENT_CPU) to its
+    /// server's CPS_PORT.
+    pub fn cps(&self, pair: Pair, secs: f64) -> anyhow::Result<f64> {
+        let addr = self.server(pair, CPS_PORT);
+        self.pods[pair.indices().0].ns.run(move || {
             pin(CLIENT_CPU);
             let started = Instant::now();
             let (mut n, mut failed) = (0u64, 0u64);
@@ -448,7 +495,7 @@ impl World {
 
     /// Whether a connection to b:PROBE_PORT is established within `timeout`.
     pub fn probe(&self, timeout: Duration) -> bool {
-        let addr = self.server(PROBE_PORT);
+        let addr = self.server(Pair::HostRouting, PROBE_PORT);
         self.pods[0]
             .ns
             .run(move || {
@@ -479,7 +526,7 @@ fn linger0(s: &TcpStream) {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut c) = self.iperf.take() {
+        for mut c in std::mem::take(&mut self.iperf) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -497,8 +544,8 @@ impl Drop for World {
             }
         }
         let pods = std::mem::take(&mut self.pods);
-        for (p, name) in pods.iter().zip(["a", "b"]) {
-            if let Err(e) = self.plugin("DEL", &p.cid, &p.ns, name) {
+        for p in &pods {
+            if let Err(e) = self.plugin("DEL", &p.cid, &p.ns, p.name, p.legacy) {
                 eprintln!("DEL {}: {e:#}", p.cid);
             }
         }
