@@ -31,6 +31,7 @@
 //! previous rows); the exit status is then non-zero. Ctrl-C stops at the
 //! next batch and removes everything.
 
+mod bpfrun;
 mod cni;
 mod machine;
 mod net;
@@ -211,10 +212,7 @@ fn run_group(
             let params = cni::Params::new(cli.quick, cli.samples, cli.parallel);
             cni::run(&params, &out, &workspace)?
         }
-        "policy" => {
-            policy::run(&policy::Params::new(cli.quick), &out, &workspace)?;
-            Vec::new()
-        }
+        "policy" => policy::run(&policy::Params::new(cli.quick), &out, &workspace)?,
         "net" => net::run(cli.quick, &out, &workspace)?,
         "xdp" => xdp::run(cli.quick, &out, &workspace)?,
         "progs" => progs::run(cli.quick, &out, &workspace)?,
