@@ -177,7 +177,17 @@ fn run_stages(
         }
         let (status, output) = util::run_tee(&mut cmd)?;
         totals.add_output(&output);
-        Ok(status.success())
+        // The `tests` crate's binaries (sluice-bench's report and summary
+        // logic, sluice-demo) have unprivileged unit tests of their own; its
+        // library is the privileged harness, exercised by the e2e stage.
+        let mut bins = cargo(ctx);
+        bins.args(["test", "-p", "tests", "--bins", "--no-fail-fast"]);
+        if let Some(filter) = filter {
+            bins.args(["--", filter]);
+        }
+        let (bins_status, bins_output) = util::run_tee(&mut bins)?;
+        totals.add_output(&bins_output);
+        Ok(status.success() && bins_status.success())
     })?;
     stage(stages, "binaries", || {
         util::require_root("the end-to-end tests (`cargo xtask test`, stage e2e)")?;
