@@ -60,6 +60,7 @@ fn add_pod(
                 ips,
                 routes: &[],
                 bpffs_dir: pins.map(|p| p.dir.as_path()),
+                endpoint_flags: 0,
             },
             opts,
         )

@@ -122,6 +122,7 @@ fn masquerade_rules_appear_work_and_disappear() {
                 ips,
                 routes: &[],
                 bpffs_dir: None,
+                endpoint_flags: 0,
             })
         })
         .unwrap();

@@ -96,6 +96,7 @@ fn add_pod(
             ips,
             routes,
             bpffs_dir: pins.map(|p| p.dir.as_path()),
+            endpoint_flags: 0,
         })
     })
     .unwrap_or_else(|e| panic!("routed ADD {cid}: {e}"))
@@ -295,6 +296,7 @@ fn programs_not_pinned_is_code_11_and_creates_nothing() {
                 ips: &ips,
                 routes: &[],
                 bpffs_dir: Some(&pins.dir),
+                endpoint_flags: 0,
             })
         })
         .unwrap_err();
@@ -340,6 +342,7 @@ fn a_failure_after_attach_undoes_veth_routes_pins_and_endpoints() {
                 ips: &ips,
                 routes: &[],
                 bpffs_dir: Some(&pins.dir),
+                endpoint_flags: 0,
             })
         })
         .unwrap_err();
