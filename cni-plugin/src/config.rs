@@ -1105,6 +1105,32 @@ mod tests {
     }
 
     #[test]
+    fn host_routing_defaults_to_ebpf_in_routed_mode_only() {
+        use cni_ebpf_common::endpoint::{ENDPOINT_F_HOST_ROUTING, ENDPOINT_F_MASQUERADE};
+        let routed = parse(base()).unwrap();
+        assert_eq!(routed.host_routing, HostRouting::Ebpf);
+        assert_eq!(routed.endpoint_flags(), ENDPOINT_F_HOST_ROUTING);
+        let masq = parse(with(json!({"ipMasq": true}))).unwrap();
+        assert_eq!(
+            masq.endpoint_flags(),
+            ENDPOINT_F_HOST_ROUTING | ENDPOINT_F_MASQUERADE
+        );
+        let legacy = parse(with(json!({"hostRouting": "legacy", "ipMasq": true}))).unwrap();
+        assert_eq!(legacy.host_routing, HostRouting::Legacy);
+        assert_eq!(legacy.endpoint_flags(), 0);
+        let bridge = parse(with(json!({"mode": "bridge"}))).unwrap();
+        assert_eq!(bridge.host_routing, HostRouting::Legacy);
+        assert_eq!(bridge.endpoint_flags(), 0);
+        let e = parse(with(json!({"mode": "bridge", "hostRouting": "ebpf"}))).unwrap_err();
+        assert_eq!(e.code, Code::InvalidNetworkConfig, "{e:?}");
+        let e = parse(with(json!({"hostRouting": "fast"}))).unwrap_err();
+        assert_eq!(e.code, Code::InvalidNetworkConfig, "{e:?}");
+        assert!(e.msg.contains("hostRouting"), "{e:?}");
+        let e = parse(with(json!({"hostRouting": 1}))).unwrap_err();
+        assert_eq!(e.code, Code::InvalidNetworkConfig, "{e:?}");
+    }
+
+    #[test]
     fn reference_bridge_conflist_works_unchanged() {
         let c = parse(json!({
             "cniVersion": "1.0.0", "name": "mynet", "type": "sluice",
