@@ -194,3 +194,11 @@ pub fn rr(path: &dyn Topology, rr_bin: &Path, crr: bool, secs: f64) -> anyhow::R
         failed: v["failed"].as_u64().unwrap_or(0),
     })
 }
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`): how busy the
+/// machine was with other work, for the report.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}

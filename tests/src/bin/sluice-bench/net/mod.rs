@@ -362,6 +362,7 @@ pub fn run(quick: bool, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Rati
         spawn::SERVER_CPU
     );
     let started = Instant::now();
+    let load_before = measure::loadavg();
     let rr_bin = spawn::sluice_rr(workspace)?;
     let mut worlds = Worlds::new(&rr_bin)?;
     println!(
@@ -399,6 +400,7 @@ pub fn run(quick: bool, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Rati
         worlds.bridge.world.conf().clone(),
     ];
     drop(worlds);
+    let load = [load_before, measure::loadavg()];
 
     let report = Report {
         params,
@@ -407,6 +409,7 @@ pub fn run(quick: bool, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Rati
         samples,
         host_routing_ignored: ignored,
         confs,
+        load,
         seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

@@ -77,10 +77,9 @@ impl Comparison {
             "≥"
         };
         format!(
-            "{} {}: {} {op} {:.2}x {}",
+            "{} {} {op} {:.2}x {}",
             self.path.name(),
             self.metric.label(),
-            self.path.name(),
             self.target.unwrap_or(f64::NAN),
             self.baseline.name()
         )
@@ -96,6 +95,8 @@ pub(super) struct Report {
     pub(super) host_routing_ignored: bool,
     /// bridge-ref, sluice-routed, sluice-routed-legacy, sluice-bridge.
     pub(super) confs: [Value; 4],
+    /// Load averages before and after the run.
+    pub(super) load: [String; 2],
     pub(super) seconds: f64,
 }
 
@@ -217,6 +218,7 @@ impl Report {
             "quick": p.quick,
             "seconds": round(self.seconds),
             "machine": self.machine.json(),
+            "load_average": {"before": self.load[0], "after": self.load[1]},
             "placement": {
                 "client_cpu": CLIENT_CPU,
                 "server_cpu": SERVER_CPU,
@@ -322,6 +324,11 @@ impl Report {
                 format!(" (uncommitted: {})", self.machine.dirty.join(", "))
             },
             self.machine.reference_version
+        );
+        let _ = writeln!(
+            md,
+            "- Load average (1/5/15 min) before the run: {}, after: {} (other work on the machine shows up as noise here)",
+            self.load[0], self.load[1]
         );
         let _ = writeln!(
             md,
