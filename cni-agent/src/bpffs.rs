@@ -65,8 +65,10 @@ impl PinLayout {
 
     /// Pin of the `from_uplink` TCX link on `ifname`.
     pub fn uplink_link(&self, ifname: &str) -> PathBuf {
-        self.links_dir()
-            .join(format!("{}{ifname}", cni_ebpf_common::maps::UPLINK_LINK_PREFIX))
+        self.links_dir().join(format!(
+            "{}{ifname}",
+            cni_ebpf_common::maps::UPLINK_LINK_PREFIX
+        ))
     }
 
     /// Creates the directories (the root must be on bpffs already).
