@@ -401,6 +401,10 @@ pub fn run(quick: bool, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Rati
     ];
     drop(worlds);
     let load = [load_before, measure::loadavg()];
+    let rr_profile = rr_bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .map_or_else(|| "unknown".into(), |n| n.to_string_lossy().into_owned());
 
     let report = Report {
         params,
@@ -410,6 +414,7 @@ pub fn run(quick: bool, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Rati
         host_routing_ignored: ignored,
         confs,
         load,
+        rr_profile,
         seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

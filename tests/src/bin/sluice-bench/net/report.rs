@@ -97,6 +97,8 @@ pub(super) struct Report {
     pub(super) confs: [Value; 4],
     /// Load averages before and after the run.
     pub(super) load: [String; 2],
+    /// Cargo profile sluice-rr was built with (that of sluice-bench).
+    pub(super) rr_profile: String,
     pub(super) seconds: f64,
 }
 
@@ -231,6 +233,7 @@ impl Report {
                 "order": "every path once per round, order rotated by one path each round",
                 "warm_up": "0.3 s TCP_RR and a 1 s iperf3 per path before the first round, not recorded",
                 "tcp_stream": format!("iperf3 3.x -t {} (-P 1 and -P 2), port {IPERF_PORT}, Gbit/s of end.sum_received", p.stream_secs),
+                "sluice_rr_profile": self.rr_profile,
                 "tcp_rr": format!("sluice-rr --mode rr --seconds {}: one connection, TCP_NODELAY, 1-byte request, 1-byte response; port {RR_PORT}", p.rr_secs),
                 "tcp_crr": format!("sluice-rr --mode crr --seconds {}: connect, 1-byte request, 1-byte response, close (server closes first, TIME_WAIT on the server; client ports 1024-65535)", p.rr_secs),
                 "cpu": "(system + softirq) jiffies of the cpu line of /proc/stat (all CPUs, machine-wide) around the 1-flow iperf3 run, per second of iperf3's own test duration, divided by its Gbit/s",
@@ -336,8 +339,8 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- Method: {} rounds, every path once per round (order rotated each round), after an unrecorded warm-up; TCP stream: `iperf3 -t {}`, 1 flow and `-P 2`, Gbit/s received; TCP_RR / TCP_CRR: `sluice-rr`, {} s each, 1-byte request and response (CRR: a new connection per transaction, the server closes first). Cells: median [min–max] over rounds; ratios are ratios of medians",
-            p.rounds, p.stream_secs, p.rr_secs
+            "- Method: {} rounds, every path once per round (order rotated each round), after an unrecorded warm-up; TCP stream: `iperf3 -t {}`, 1 flow and `-P 2`, Gbit/s received; TCP_RR / TCP_CRR: `sluice-rr`, {} s each, 1-byte request and response (CRR: a new connection per transaction, the server closes first; sluice-rr built in the `{}` profile). Cells: median [min–max] over rounds; ratios are ratios of medians",
+            p.rounds, p.stream_secs, p.rr_secs, self.rr_profile
         );
         let _ = writeln!(
             md,
