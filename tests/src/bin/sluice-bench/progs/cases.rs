@@ -108,9 +108,12 @@ fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     Ipv4::new(src, dst, IPPROTO_TCP).frame(&tcp(sport, dport))
 }
 
-/// Source ports of distinct flows: 1024 + n.
+/// Distinct source ports of new-flow frames.
+pub const FLOW_PORTS: u16 = 60_000;
+
+/// Source ports of distinct flows: 1024 + n, n below [`FLOW_PORTS`].
 fn flow_port(n: u16) -> u16 {
-    1024 + n % 60_000
+    1024 + n % FLOW_PORTS
 }
 
 /// Installs the prefilter rules (the 1k CIDR deny set, ICMP, TCP port 23)

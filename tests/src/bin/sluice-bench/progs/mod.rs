@@ -253,10 +253,17 @@ fn measure(
             Mode::Single => {
                 let frames: Vec<Vec<u8>> = (0..params.flows)
                     .map(|_| {
-                        next_flow = next_flow.wrapping_add(1);
+                        // Wrapped where `flow_port` wraps, so the flows of
+                        // one measurement never share a port.
+                        next_flow = (next_flow + 1) % cases::FLOW_PORTS;
                         (case.frame)(next_flow)
                     })
                     .collect();
+                // Source ports wrap after FLOW_PORTS flows, and the full
+                // run times more than that: without this a "new" flow
+                // could meet the conntrack entry of its namesake from an
+                // earlier measurement (outside the timing).
+                dp.ct_clear();
                 let (mut pt, mut et) = (0.0, 0.0);
                 for f in &frames {
                     et += bpfrun::test_run(empty.fd(), f, 1)?.ns();
