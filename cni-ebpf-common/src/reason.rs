@@ -65,6 +65,10 @@ impl Reason {
     pub const FROM_POD_PASS_NEIGHBOR_DISCOVERY: Reason = Reason(44);
     /// `to_pod`: IPv6 neighbour discovery or MLD, as above.
     pub const TO_POD_PASS_NEIGHBOR_DISCOVERY: Reason = Reason(45);
+    /// `to_pod`, enforcing: an ICMP error about a flow conntrack allowed
+    /// (fragmentation needed / packet too big for path MTU discovery, time
+    /// exceeded, unreachable), judged with the flow, not as a new flow.
+    pub const TO_POD_PASS_RELATED: Reason = Reason(47);
 
     // 48..=63: drops of the tc programs on pod veths.
     /// `from_pod`: the sending pod's egress policy denies the flow.
@@ -118,7 +122,7 @@ impl Reason {
     pub const FORWARD_UPLINK_TO_POD: Reason = Reason(71);
 
     /// Every code in use, with its stable name, for the CLI and metrics.
-    pub const ALL: [(Reason, &'static str); 39] = [
+    pub const ALL: [(Reason, &'static str); 40] = [
         (Self::PREFILTER_PASS_NO_MATCH, "prefilter-pass-no-match"),
         (Self::PREFILTER_PASS_NOT_IP, "prefilter-pass-not-ip"),
         (Self::PREFILTER_PASS_CIDR_ALLOW, "prefilter-pass-cidr-allow"),
@@ -183,6 +187,7 @@ impl Reason {
             "to-pod-drop-ipv6-ext-chain",
         ),
         (Self::TO_POD_DROP_EGRESS_POLICY, "to-pod-drop-egress-policy"),
+        (Self::TO_POD_PASS_RELATED, "to-pod-pass-related"),
         (Self::FORWARD_REDIRECT_PEER, "forward-redirect-peer"),
         (Self::FORWARD_REDIRECT_FIB, "forward-redirect-fib"),
         (Self::FORWARD_REDIRECT_NEIGH, "forward-redirect-neigh"),

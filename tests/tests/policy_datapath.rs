@@ -1493,3 +1493,63 @@ fn from_pod_cost_per_packet() {
         println!("{entries:>8} | {a:>11.0} {b:>8.0} | {c:>11.0} {d:>9.0} {e:>8.0}");
     }
 }
+
+/// The ICMP error a router (here the remote pod's address) sends back
+/// about `original`: IPv4 "fragmentation needed" (3/4) or ICMPv6 "packet
+/// too big" (2/0), quoting the original IP header and 8 bytes of L4.
+fn packet_too_big(from: IpAddr, original: &Flow) -> Vec<u8> {
+    let payload = match original.l4 {
+        L4::Tcp => tcp(original.sport, original.dport),
+        L4::Udp => udp(original.sport, original.dport, b"sluice"),
+        other => panic!("no quote for {other:?}"),
+    };
+    let mtu: [u8; 4] = 1280u32.to_be_bytes();
+    match (from, original.src, original.dst) {
+        (IpAddr::V4(f), IpAddr::V4(s), IpAddr::V4(d)) => {
+            let quoted = Ipv4::new(s, d, original.protocol()).packet(&payload);
+            let mut rest = vec![0, 0, mtu[2], mtu[3]];
+            rest.extend_from_slice(&quoted[..28]);
+            Ipv4::new(f, s, IPPROTO_ICMP).frame(&icmp(3, 4, &rest))
+        }
+        (IpAddr::V6(f), IpAddr::V6(s), IpAddr::V6(d)) => {
+            let quoted = Ipv6::new(s, d, original.protocol()).packet(&payload);
+            let mut rest = mtu.to_vec();
+            rest.extend_from_slice(&quoted[..48]);
+            Ipv6::new(f, s, IPPROTO_ICMPV6).frame(&icmpv6(2, 0, &rest))
+        }
+        _ => unreachable!("one family"),
+    }
+}
+
+#[test]
+fn icmp_errors_about_tracked_flows_reach_isolated_pods() {
+    // A is isolated both ways and may only open connections to the remote
+    // pod. The "fragmentation needed" / "packet too big" about such a
+    // connection must reach A (path MTU discovery), though nothing may
+    // start a flow into A; the same error about a flow A never opened is
+    // a new flow into A, and denied.
+    for net in nets() {
+        let node = Node::new(net);
+        let net = &node.net;
+        node.state(EP_A, PROGRAMMED | INGRESS | EGRESS);
+        node.dp.allow(egress(ID_REMOTE, PROTO_ANY, PORT_ANY));
+        for l4 in [L4::Tcp, L4::Udp] {
+            let out = Flow::new(net.a, net.remote, l4, 443);
+            node.run_from_pod(&out, Reason::FROM_POD_PASS_POLICY);
+            let what = format!("{} {l4:?} packet too big about a tracked flow", net.name);
+            let error = packet_too_big(net.remote, &out);
+            node.run_frame(&what, PROG_TO_POD, &error, Reason::TO_POD_PASS_RELATED);
+
+            let unknown = Flow::new(net.a, net.remote, l4, 443);
+            let what = format!("{} {l4:?} packet too big about an unknown flow", net.name);
+            let error = packet_too_big(net.remote, &unknown);
+            let events = node.run_frame(
+                &what,
+                PROG_TO_POD,
+                &error,
+                Reason::TO_POD_DROP_INGRESS_POLICY,
+            );
+            assert_eq!(events.len(), 1, "{what}");
+        }
+    }
+}

@@ -9,10 +9,16 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use cni_ebpf_common::policy::{CtEntry, CtKey};
 
+use cni_ebpf_common::prefilter::FAMILY_IPV4;
+
 use super::{
     maps::CT,
-    parse::{IpPacket, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    parse::{read, IpPacket, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
 };
+
+/// ICMP echo request/reply types of both families (the quoted packet of an
+/// error about a ping).
+const ICMP_ECHO_TYPES: [u8; 4] = [0, 8, 128, 129];
 
 /// The key of the flow `packet` would start.
 #[inline(always)]
@@ -86,6 +92,83 @@ pub fn lookup(key: &mut CtKey, revision: u32) -> Tracked {
     }
     reverse(key);
     Tracked::New
+}
+
+/// Writes into `key` the forward key of the packet the ICMP error `error`
+/// quotes (its IP header and first 8 bytes of L4 follow the 8-byte ICMP
+/// header), read straight from the frame in `[start, end)`: the flow the
+/// error belongs to. False when the quote is cut short or not a TCP, UDP,
+/// SCTP or echo packet. Built in place: the BPF stack has no room for a
+/// second parsed packet.
+#[inline(always)]
+pub fn quoted_key(start: usize, end: usize, error: &IpPacket, key: &mut CtKey) -> bool {
+    let inner = error.l4_offset as usize + 8;
+    // The verifier needs packet offsets it can bound; headers end well
+    // before this (the programs parse at most 128 bytes).
+    if inner > 192 {
+        return false;
+    }
+    let l4 = if error.family == FAMILY_IPV4 {
+        let Some(header) = read::<[u8; 20]>(start, end, inner) else {
+            return false;
+        };
+        if header[0] >> 4 != 4 {
+            return false;
+        }
+        key.protocol = header[9];
+        key.src = [0; 16];
+        key.dst = [0; 16];
+        key.src[..4].copy_from_slice(&header[12..16]);
+        key.dst[..4].copy_from_slice(&header[16..20]);
+        inner + (header[0] & 0x0f) as usize * 4
+    } else {
+        let Some(next) = read::<u8>(start, end, inner + 6) else {
+            return false;
+        };
+        let (Some(src), Some(dst)) = (
+            read::<[u8; 16]>(start, end, inner + 8),
+            read::<[u8; 16]>(start, end, inner + 24),
+        ) else {
+            return false;
+        };
+        key.protocol = next;
+        key.src = src;
+        key.dst = dst;
+        inner + 40
+    };
+    key.family = error.family;
+    let Some(head) = read::<[u8; 8]>(start, end, l4).or_else(|| {
+        // Only 8 bytes of L4 are promised; ports need 4.
+        read::<[u8; 4]>(start, end, l4).map(|p| [p[0], p[1], p[2], p[3], 0, 0, 0, 0])
+    }) else {
+        return false;
+    };
+    match key.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            // Already network byte order, as `forward_key` stores them.
+            key.sport = u16::from_ne_bytes([head[0], head[1]]);
+            key.dport = u16::from_ne_bytes([head[2], head[3]]);
+            true
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if ICMP_ECHO_TYPES.contains(&head[0]) => {
+            key.sport = u16::from_ne_bytes([head[4], head[5]]);
+            key.dport = 0;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether the flow of `key` (a packet's forward key, either direction)
+/// is tracked at any revision; counts nothing. For ICMP errors, which
+/// belong to the flow they quote.
+#[inline(always)]
+pub fn is_tracked(key: &mut CtKey) -> bool {
+    if CT.get_ptr_mut(*key).is_some() {
+        return true;
+    }
+    reverse(key);
+    CT.get_ptr_mut(*key).is_some()
 }
 
 /// Remembers an allowed flow: a new entry, or for a stale one just the new

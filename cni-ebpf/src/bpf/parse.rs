@@ -63,6 +63,8 @@ pub struct IpPacket {
     pub dst: [u8; 16],
     /// Port or type, when readable.
     pub l4: L4,
+    /// Offset of the L4 header from the frame's start.
+    pub l4_offset: u16,
 }
 
 /// Outcome of parsing a frame. Every frame gets one of these: there is no
@@ -91,7 +93,7 @@ pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
 
 /// Reads a `T` at `offset`, unaligned (packet data has no alignment).
 #[inline(always)]
-fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
     let p = ptr_at::<T>(start, end, offset)?;
     // SAFETY: ptr_at proved [p, p + size_of::<T>()) lies inside the packet.
     Some(unsafe { core::ptr::read_unaligned(p) })
@@ -102,7 +104,9 @@ fn read_be16(start: usize, end: usize, offset: usize) -> Option<u16> {
     read::<[u8; 2]>(start, end, offset).map(u16::from_be_bytes)
 }
 
-/// Parses the frame in `[start, end)` from its Ethernet header.
+/// Parses the frame in `[start, end)` from its Ethernet header. (Inlined:
+/// a subprogram returning this enum would put its Rust layout in the BTF,
+/// which the kernel refuses.)
 #[inline(always)]
 pub fn parse_frame(start: usize, end: usize) -> Parsed {
     let Some(mut ethertype) = read_be16(start, end, 12) else {
@@ -170,6 +174,7 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
             src,
             dst,
             l4,
+            l4_offset: (l3 + header_len) as u16,
         }),
         None => Parsed::Malformed,
     }
@@ -245,8 +250,24 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
             src,
             dst,
             l4,
+            l4_offset: offset as u16,
         }),
         None => Parsed::Malformed,
+    }
+}
+
+/// Whether `packet` is an ICMP error that quotes the packet it answers:
+/// destination unreachable (fragmentation needed among them), time
+/// exceeded, parameter problem; for ICMPv6 also packet too big.
+#[inline(always)]
+pub fn is_icmp_error(packet: &IpPacket) -> bool {
+    if !packet.l4.has_selector {
+        return false;
+    }
+    match packet.protocol {
+        IPPROTO_ICMP => matches!(packet.l4.selector, 3 | 11 | 12),
+        IPPROTO_ICMPV6 => matches!(packet.l4.selector, 1..=4),
+        _ => false,
     }
 }
 

@@ -25,7 +25,7 @@ use super::{
     ct::{self, Tracked},
     forward,
     maps::POLICY_CONFIG,
-    parse::{parse_frame, IpPacket, Parsed, IPPROTO_ICMPV6},
+    parse::{is_icmp_error, parse_frame, IpPacket, Parsed, IPPROTO_ICMPV6},
     policy::{check_from_pod, check_ingress, endpoint, FROM_POD_REASONS, TO_POD_REASONS},
 };
 
@@ -81,6 +81,20 @@ fn is_neighbor_discovery(packet: &IpPacket) -> bool {
         && packet.protocol == IPPROTO_ICMPV6
         && packet.l4.has_selector
         && matches!(packet.l4.selector, 130..=137 | 143)
+}
+
+/// Whether `packet` is an ICMP error about a flow conntrack allowed: the
+/// "fragmentation needed" / "packet too big" a router or the node sends
+/// back to a pod that opened a connection, a time-exceeded, an unreachable.
+/// Such errors belong to the flow, like its replies, so path MTU discovery
+/// works for ingress-isolated pods. `scratch` is the caller's conntrack
+/// key, reused (the BPF stack has no room for another); it holds garbage
+/// afterwards.
+#[inline(always)]
+fn related_to_tracked_flow(ctx: &TcContext, packet: &IpPacket, scratch: &mut CtKey) -> bool {
+    is_icmp_error(packet)
+        && ct::quoted_key(ctx.data(), ctx.data_end(), packet, scratch)
+        && ct::is_tracked(scratch)
 }
 
 /// Records a policy verdict for a new or stale flow in conntrack (tracked
@@ -208,6 +222,10 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
         return finish(Reason::TO_POD_PASS, bytes);
     };
     let mut flow = ct::forward_key(&packet);
+    if related_to_tracked_flow(ctx, &packet, &mut flow) {
+        return finish(Reason::TO_POD_PASS_RELATED, bytes);
+    }
+    flow = ct::forward_key(&packet);
     let tracked = ct::lookup(&mut flow, revision);
     if let Tracked::Current = tracked {
         return finish(Reason::TO_POD_PASS_CT, bytes);
