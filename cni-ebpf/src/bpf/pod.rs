@@ -25,27 +25,59 @@ use super::{
     ct::{self, Tracked},
     forward,
     maps::POLICY_CONFIG,
-    parse::{is_icmp_error, parse_frame, IpPacket, Parsed, IPPROTO_ICMPV6},
+    parse::{
+        is_icmp_error, parse_frame, IpPacket, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
+        IPPROTO_TCP, IPPROTO_UDP,
+    },
     policy::{check_from_pod, check_ingress, endpoint, FROM_POD_REASONS, TO_POD_REASONS},
 };
 
 /// Bytes of headers the parser may read: Ethernet, two VLAN tags, IPv6 with
-/// a few extension headers, and the L4 ports.
+/// a few extension headers, and the L4 ports (or an ICMP error's quote).
 const HEADROOM_TO_PARSE: u32 = 128;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// How many bytes from the frame's start the parser will read, found with
+/// `bpf_skb_load_bytes` (which reads paged data too): Ethernet + IPv4
+/// header + 8 bytes of L4 for the common IPv4 packet, 62 for IPv6 TCP, UDP
+/// or SCTP without extension headers, [`HEADROOM_TO_PARSE`] for anything
+/// else (VLAN tags, extension headers, ICMP, whose errors quote a header).
+#[inline(always)]
+fn headers_to_parse(ctx: &TcContext) -> u32 {
+    let Ok(ethertype) = ctx.load::<[u8; 2]>(12) else {
+        return HEADROOM_TO_PARSE;
+    };
+    match u16::from_be_bytes(ethertype) {
+        ETH_P_IP => match ctx.load::<[u8; 10]>(14) {
+            Ok(ip) if ip[9] != IPPROTO_ICMP => 14 + u32::from(ip[0] & 0x0f) * 4 + 8,
+            _ => HEADROOM_TO_PARSE,
+        },
+        ETH_P_IPV6 => match ctx.load::<u8>(14 + 6) {
+            Ok(IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) => 14 + 40 + 8,
+            _ => HEADROOM_TO_PARSE,
+        },
+        _ => HEADROOM_TO_PARSE,
+    }
+}
 
 /// Makes sure the headers are in the linear part of the skb, where direct
 /// packet access can see them (a packet built from page fragments may hold
-/// less; without this its headers would look truncated).
+/// less; without this its headers would look truncated). Pulls only when
+/// they are not: a pull of a cloned skb, which every TCP segment a local
+/// socket sends is, reallocates its head, a cost per 64 KB GSO packet that
+/// a stream's throughput shows.
 #[inline(always)]
 fn pull_headers(ctx: &TcContext) {
-    let want = if ctx.len() < HEADROOM_TO_PARSE {
-        ctx.len()
-    } else {
-        HEADROOM_TO_PARSE
-    };
-    if ctx.data_end() - ctx.data() < want as usize {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear >= ctx.len() {
+        return;
+    }
+    let want = headers_to_parse(ctx).min(ctx.len());
+    if linear < want {
         // On failure the parse below sees what is linear and says so.
-        let _ = ctx.pull_data(want);
+        let _ = ctx.pull_data(want.max(HEADROOM_TO_PARSE.min(ctx.len())));
     }
 }
 
