@@ -97,6 +97,18 @@ pub fn setup(config: &AgentConfig) -> anyhow::Result<(PinLayout, aya::Ebpf)> {
     for (map, check) in &loaded.maps {
         tracing::debug!(map, ?check, "map pin");
     }
+    let endpoints_migrated = loaded.maps.iter().any(|(map, check)| {
+        *map == cni_ebpf_common::maps::ENDPOINTS
+            && matches!(check, crate::loader::MapPinCheck::Replaced { .. })
+    });
+    if endpoints_migrated {
+        // The plugin wrote the old map's entries; the new one starts empty.
+        let restored = crate::restore::restore_endpoints(&layout, &config.state_dir)?;
+        tracing::warn!(
+            endpoints = restored,
+            "ENDPOINTS changed layout: entries rewritten from the state dir"
+        );
+    }
     for (prog, pin) in &loaded.progs {
         tracing::info!(prog, ?pin, "program pin");
     }

@@ -54,6 +54,15 @@ pub struct StateRecord {
     /// `routed` or `bridge`.
     #[serde(default)]
     pub mode: String,
+    /// MAC of the pod's interface (`aa:bb:...`).
+    #[serde(default)]
+    pub container_mac: String,
+    /// Whether the plugin added masquerade rules.
+    #[serde(default)]
+    pub ip_masq: bool,
+    /// `ebpf` or `legacy`; absent in records of older plugins (legacy).
+    #[serde(default)]
+    pub host_routing: Option<String>,
     /// The pod's addresses with their prefix length.
     #[serde(default)]
     pub addresses: Vec<IpNet>,

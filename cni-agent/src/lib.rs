@@ -14,6 +14,7 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod policy;
+pub mod restore;
 pub mod rules;
 pub mod syscall;
 pub mod tcx;

@@ -123,6 +123,11 @@ pub struct Attachment {
     /// Whether masquerade rules were added for the addresses.
     #[serde(default)]
     pub ip_masq: bool,
+    /// `hostRouting` of the network (`ebpf` or `legacy`), so the agent can
+    /// rewrite the endpoint's `ENDPOINTS` entries after a map migration.
+    /// Absent in records written before it existed: legacy.
+    #[serde(default)]
+    pub host_routing: Option<String>,
     /// `K8S_POD_NAMESPACE`.
     #[serde(default)]
     pub pod_namespace: Option<String>,
@@ -330,6 +335,7 @@ mod tests {
                 "fd00:199::5/64".parse().unwrap(),
             ],
             ip_masq: false,
+            host_routing: None,
             pod_namespace: Some("default".into()),
             pod_name: Some("web-0".into()),
             pod_uid: None,

@@ -374,3 +374,75 @@ fn uplink_routing_links_and_pod_links_follow_the_pinned_programs() {
     })
     .unwrap();
 }
+
+/// An upgrade that changes the `ENDPOINTS` layout replaces the map with an
+/// empty one; the entries of running pods, which the plugin wrote, are
+/// rewritten from the state dir's attachment records, flags and MACs
+/// included. A record whose veth is gone gets none.
+#[test]
+fn a_migrated_endpoints_map_is_refilled_from_the_state_dir() {
+    use cni_agent::restore::restore_endpoints;
+    use cni_ebpf_common::{
+        endpoint::ENDPOINT_F_HOST_ROUTING, maps::ENDPOINTS, EndpointInfo, EndpointKey,
+    };
+
+    require_root("a_migrated_endpoints_map_is_refilled_from_the_state_dir");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("load"));
+    let ns = Netns::new().expect("netns");
+    let peer = Netns::new().expect("peer netns");
+    tests::link::add_veth(&ns, "slcmig0", &peer, "pod0").expect("veth");
+    let index = tests::link::ifindex(&ns, "slcmig0").expect("ifindex");
+    let state = tempfile::tempdir().expect("state dir");
+    let record = |cid: &str, veth: &str, ifindex: u32, addr: &str| {
+        serde_json::json!({
+            "version": 1, "network": "net", "containerId": cid, "ifname": "eth0",
+            "netns": "/proc/1/ns/net", "endpointId": format!("{:016x}", cid.len() as u64 + 0xab00),
+            "hostVeth": veth, "hostIfindex": ifindex, "containerMac": "0a:58:0a:f4:01:0b",
+            "mode": "routed", "addresses": [addr], "ipMasq": false, "hostRouting": "ebpf",
+            "bpffsDir": dir.path(),
+        })
+    };
+    for (cid, veth, ifindex, addr) in [
+        ("live", "slcmig0", index, "10.244.9.5/32"),
+        ("gone-pod", "slcgone0", 4242, "10.244.9.6/32"),
+    ] {
+        std::fs::write(
+            state.path().join(format!("{cid}@eth0.json")),
+            record(cid, veth, ifindex, addr).to_string(),
+        )
+        .unwrap();
+    }
+    // An older agent's ENDPOINTS, of another layout.
+    std::fs::remove_file(layout.map(ENDPOINTS)).unwrap();
+    pin_wrong_shaped_map(&layout.map(ENDPOINTS));
+
+    ns.run(|| {
+        let loaded = loader::load(&layout, 0)?;
+        let check = loaded
+            .maps
+            .iter()
+            .find(|(name, _)| *name == ENDPOINTS)
+            .map(|(_, check)| check.clone());
+        assert!(
+            matches!(check, Some(MapPinCheck::Replaced { .. })),
+            "{check:?}"
+        );
+        assert_eq!(restore_endpoints(&layout, state.path())?, 1);
+        let map: aya::maps::HashMap<_, EndpointKey, EndpointInfo> = aya::maps::HashMap::try_from(
+            aya::maps::Map::HashMap(aya::maps::MapData::from_pin(layout.map(ENDPOINTS))?),
+        )?;
+        let entries: Vec<(EndpointKey, EndpointInfo)> = map.iter().collect::<Result<_, _>>()?;
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let (key, info) = entries[0];
+        assert_eq!(key, EndpointKey::v4([10, 244, 9, 5]));
+        assert_eq!(info.ifindex, index);
+        assert_eq!(info.flags, ENDPOINT_F_HOST_ROUTING);
+        assert_eq!(info.mac, [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x0b]);
+        assert_ne!(info.host_mac, [0; 6], "the host veth's MAC");
+        Ok(())
+    })
+    .unwrap();
+}

@@ -179,6 +179,7 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
         bridge: bridge_name,
         addresses: addresses.clone(),
         ip_masq: conf.ip_masq,
+        host_routing: Some(conf.host_routing.as_str().to_owned()),
         pod_namespace: req.args.k8s_pod_namespace.clone(),
         pod_name: req.args.k8s_pod_name.clone(),
         pod_uid: req.args.k8s_pod_uid.clone(),
