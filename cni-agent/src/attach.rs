@@ -120,20 +120,7 @@ fn attach_uplink(
 
 /// The XDP links pinned under `layout`, as (interface name, pin path).
 pub fn pinned_xdp_links(layout: &PinLayout) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
-    let dir = layout.links_dir();
-    let mut links = Vec::new();
-    if !dir.exists() {
-        return Ok(links);
-    }
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(ifname) = name.strip_prefix(XDP_LINK_PREFIX) {
-            links.push((ifname.to_owned(), entry.path()));
-        }
-    }
-    links.sort();
-    Ok(links)
+    layout.links_with_prefix(XDP_LINK_PREFIX)
 }
 
 /// Whether a pinned XDP link still runs on a live device.

@@ -71,6 +71,27 @@ impl PinLayout {
         ))
     }
 
+    /// Link pins whose file name starts with `prefix`, as (the rest of the
+    /// name, path), sorted; none when `links/` does not exist.
+    pub fn links_with_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let dir = self.links_dir();
+        let mut links = Vec::new();
+        if !dir.exists() {
+            return Ok(links);
+        }
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix(prefix) {
+                links.push((rest.to_owned(), entry.path()));
+            }
+        }
+        links.sort();
+        Ok(links)
+    }
+
     /// Creates the directories (the root must be on bpffs already).
     pub fn create_dirs(&self) -> anyhow::Result<()> {
         for dir in [self.maps_dir(), self.progs_dir(), self.links_dir()] {

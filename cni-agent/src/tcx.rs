@@ -76,7 +76,7 @@ pub fn sync_uplink_routing(layout: &PinLayout, uplinks: &[String]) -> anyhow::Re
         attached.push(ifname.clone());
     }
     let wanted: BTreeSet<&str> = uplinks.iter().map(String::as_str).collect();
-    for (ifname, pin) in pinned_with_prefix(layout, UPLINK_LINK_PREFIX)? {
+    for (ifname, pin) in layout.links_with_prefix(UPLINK_LINK_PREFIX)? {
         if !wanted.contains(ifname.as_str()) {
             if let Err(err) = crate::syscall::detach_pinned_link(&pin) {
                 tracing::debug!(pin = %pin.display(), %err, "link already detached");
@@ -97,7 +97,7 @@ pub fn update_pod_links(layout: &PinLayout) -> anyhow::Result<usize> {
     let (mut from_pod, from_pod_id) = pinned_classifier(layout, PROG_FROM_POD)?;
     let (mut to_pod, to_pod_id) = pinned_classifier(layout, PROG_TO_POD)?;
     let mut changed = 0;
-    for (name, pin) in pinned_with_prefix(layout, TCX_LINK_PREFIX)? {
+    for (name, pin) in layout.links_with_prefix(TCX_LINK_PREFIX)? {
         let (prog, id) = if name.ends_with(TCX_INGRESS_SUFFIX) {
             (&mut from_pod, from_pod_id)
         } else if name.ends_with(TCX_EGRESS_SUFFIX) {
@@ -114,23 +114,4 @@ pub fn update_pod_links(layout: &PinLayout) -> anyhow::Result<usize> {
         }
     }
     Ok(changed)
-}
-
-/// Link pins under `layout` whose file name starts with `prefix`, as (rest
-/// of the name, path).
-fn pinned_with_prefix(layout: &PinLayout, prefix: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let dir = layout.links_dir();
-    let mut links = Vec::new();
-    if !dir.exists() {
-        return Ok(links);
-    }
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(rest) = name.strip_prefix(prefix) {
-            links.push((rest.to_owned(), entry.path()));
-        }
-    }
-    links.sort();
-    Ok(links)
 }
