@@ -38,6 +38,7 @@ mod net;
 mod policy;
 mod progs;
 mod ratio;
+mod results;
 mod stats;
 mod summary;
 mod xdp;

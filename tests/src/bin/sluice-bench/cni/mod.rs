@@ -565,22 +565,12 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<Vec<
         confs,
         seconds: started.elapsed().as_secs_f64(),
     };
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let stem = if params.quick { "cni-quick" } else { "cni" };
-    let json_path = out.join(format!("{stem}.json"));
-    let md_path = out.join(format!("{stem}.md"));
-    let mut json_text = serde_json::to_string_pretty(&report.json())?;
-    json_text.push('\n');
-    std::fs::write(&json_path, json_text)
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    let markdown = report.markdown();
-    std::fs::write(&md_path, &markdown)
-        .with_context(|| format!("writing {}", md_path.display()))?;
-    println!("\n{markdown}");
-    println!(
-        "[cni] wrote {} and {}",
-        json_path.display(),
-        md_path.display()
-    );
+    crate::results::write_group_results(
+        out,
+        "cni",
+        params.quick,
+        &report.json(),
+        &report.markdown(),
+    )?;
     Ok(report.ratios())
 }

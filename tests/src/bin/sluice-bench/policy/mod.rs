@@ -22,7 +22,6 @@ use std::{path::Path, time::Instant};
 
 use crate::ratio::{Better, Ratio};
 
-use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::machine::Machine;
@@ -399,19 +398,7 @@ pub fn run(params: &Params, out: &Path, workspace: &Path) -> anyhow::Result<Vec<
             |(w, t, m, ok, n)| json!({"what": w, "target": t, "measured": m, "met": ok, "note": n}),
         )
         .collect();
-    println!("\n{md}");
-    std::fs::create_dir_all(out)?;
-    let stem = if params.quick {
-        "policy-quick"
-    } else {
-        "policy"
-    };
-    std::fs::write(
-        out.join(format!("{stem}.json")),
-        serde_json::to_string_pretty(&json)? + "\n",
-    )
-    .context("writing the json")?;
-    std::fs::write(out.join(format!("{stem}.md")), md).context("writing the md")?;
+    crate::results::write_group_results(out, "policy", params.quick, &json, &md)?;
     Ok(ratios(&pk, &g, &c, ipt_hits > 0, nft_hits[nft10k_k] > 0))
 }
 

@@ -4,7 +4,6 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use super::{Params, Row};
@@ -108,20 +107,12 @@ impl Report<'_> {
     }
 
     pub fn write(&self, out: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(out)?;
-        let stem = if self.params.quick {
-            "progs-quick"
-        } else {
-            "progs"
-        };
-        let md = self.markdown();
-        println!("\n{md}");
-        std::fs::write(
-            out.join(format!("{stem}.json")),
-            serde_json::to_string_pretty(&self.json())? + "\n",
+        crate::results::write_group_results(
+            out,
+            "progs",
+            self.params.quick,
+            &self.json(),
+            &self.markdown(),
         )
-        .context("writing progs json")?;
-        std::fs::write(out.join(format!("{stem}.md")), md).context("writing progs md")?;
-        Ok(())
     }
 }
