@@ -19,5 +19,6 @@ pub mod routed;
 pub mod skel;
 pub mod state;
 pub mod sysctl;
+pub mod timing;
 pub mod types;
 pub mod veth;

@@ -394,6 +394,7 @@ pub(crate) fn finish_add(
     let id = endpoint_id(spec.container_id, spec.ifname);
     let attach_and_configure = || -> CniResult<(Link, bool)> {
         let mut attached = false;
+        let t = std::time::Instant::now();
         if let Some(bpffs) = spec.bpffs_dir {
             let addrs: Vec<IpAddr> = plan.addrs.iter().map(|n| n.addr()).collect();
             attach::attach_endpoint(&attach::EndpointAttach {
@@ -407,9 +408,18 @@ pub(crate) fn finish_add(
                 addrs: &addrs,
             })?;
             attached = true;
+            tracing::debug!(
+                "attached the datapath in {:.3} ms",
+                t.elapsed().as_secs_f64() * 1000.0
+            );
         }
+        let t = std::time::Instant::now();
         let container =
             netns::run_in(spec.netns, async |nl| apply_container_plan(&nl, plan).await)?;
+        tracing::debug!(
+            "configured the container in {:.3} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
         Ok((container, attached))
     };
     match attach_and_configure() {

@@ -43,6 +43,7 @@ use crate::{
     routed,
     skel::Request,
     state::{self, AttachMode, Attachment},
+    timing::StepTimer,
     types::CniOutput,
     veth::{self, PodSpec, Teardown},
 };
@@ -51,6 +52,7 @@ use super::{errs, ipam_env, notify, Undo};
 
 /// ADD.
 pub fn run(req: &Request) -> CniResult<CniOutput> {
+    let mut timer = StepTimer::start("ADD");
     let conf = &req.config;
     if req.prev_result.is_some() {
         tracing::debug!(
@@ -82,10 +84,12 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
         )));
     }
     crate::attach::check_pinned(&conf.bpffs_dir)?;
+    timer.step("checks");
 
     let env = ipam_env(req);
     let mut undo = Undo::new();
     let mtu = mtu::resolve(conf.mtu)?;
+    timer.step("mtu");
     let mut spec = PodSpec {
         container_id: &req.container_id,
         ifname: &req.ifname,
@@ -111,9 +115,11 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
             Some(port)
         }
     };
+    timer.step("bridge port");
 
     // 2b. IPAM.
     let ipam_out = ipam::add(&req.stdin, &env)?;
+    timer.step("ipam");
     undo.push("the IP reservation", || errs(ipam::del(&req.stdin, &env)));
     tracing::debug!(
         "IPAM gave {:?}",
@@ -148,6 +154,7 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
             })
         }
     });
+    timer.step("plumbing");
     tracing::debug!("plumbed {host_veth} ({})", conf.mode.as_str());
 
     // 4. Masquerade.
@@ -187,7 +194,9 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
         created_at: 0,
         updated_at: 0,
     };
+    timer.step("masquerade");
     state::write(&conf.state_dir, &record)?;
+    timer.step("state record");
     undo.push("the state record", || {
         errs(state::remove(
             &conf.state_dir,
@@ -215,6 +224,7 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
         &mut undo,
     )?;
 
+    timer.step("agent");
     let mut out = plumbed.output;
     out.dns = if conf.dns.is_empty() {
         ipam_out.dns

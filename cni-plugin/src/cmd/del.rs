@@ -20,6 +20,7 @@ use crate::{
     ipam, masq,
     skel::Request,
     state::{self, endpoint_id},
+    timing::StepTimer,
     veth::{self, Teardown},
 };
 
@@ -27,6 +28,7 @@ use super::{ipam_env, notify};
 
 /// DEL.
 pub fn run(req: &Request) -> CniResult<()> {
+    let mut timer = StepTimer::start("DEL");
     let conf = &req.config;
     let mut ipam_errors: Vec<CniError> = Vec::new();
     let mut errors: Vec<CniError> = Vec::new();
@@ -39,6 +41,7 @@ pub fn run(req: &Request) -> CniResult<()> {
             });
         }
     }
+    timer.step("ipam");
 
     let record = state::read(&conf.state_dir, &req.container_id, &req.ifname).unwrap_or_else(|e| {
         errors.push(e);
@@ -59,6 +62,7 @@ pub fn run(req: &Request) -> CniResult<()> {
         netns: req.netns.as_deref(),
         bpffs_dir: Some(&bpffs_dir),
     }));
+    timer.step("teardown");
 
     let id = endpoint_id(&req.container_id, &req.ifname);
     // Always, not only with ipMasq: the config may have changed since ADD.
@@ -74,6 +78,7 @@ pub fn run(req: &Request) -> CniResult<()> {
         tracing::warn!("keeping the state record for a retried DEL");
     }
 
+    timer.step("masquerade and state record");
     notify::send_best_effort(
         &conf.agent_socket,
         &notify::Request::new(
@@ -85,6 +90,7 @@ pub fn run(req: &Request) -> CniResult<()> {
         ),
     );
 
+    timer.step("agent");
     ipam_errors.extend(errors);
     veth::join_errors(ipam_errors)
 }
