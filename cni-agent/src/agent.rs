@@ -130,6 +130,22 @@ pub fn setup(config: &AgentConfig) -> anyhow::Result<(PinLayout, aya::Ebpf)> {
     if updated > 0 {
         tracing::info!(links = updated, "pod links moved to the current programs");
     }
+    // Filters run the program they were given: when the pins now hold
+    // other programs (an upgrade, a migrated map), move them over.
+    let pod_progs_changed = loaded.progs.iter().any(|(prog, pin)| {
+        (*prog == cni_ebpf_common::maps::PROG_FROM_POD
+            || *prog == cni_ebpf_common::maps::PROG_TO_POD)
+            && *pin != crate::loader::ProgPin::Adopted
+    });
+    if pod_progs_changed {
+        let updated = crate::tcx::update_pod_filters(&layout, &config.state_dir)?;
+        if updated > 0 {
+            tracing::info!(
+                filters = updated,
+                "pod filters moved to the current programs"
+            );
+        }
+    }
     Ok((layout, loaded.ebpf))
 }
 

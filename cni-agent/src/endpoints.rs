@@ -63,6 +63,10 @@ pub struct StateRecord {
     /// `ebpf` or `legacy`; absent in records of older plugins (legacy).
     #[serde(default)]
     pub host_routing: Option<String>,
+    /// `tc` (cls_bpf filters) or `tcx` (pinned TCX links); absent in
+    /// records of older plugins (`tcx`).
+    #[serde(default)]
+    pub tc_attach: Option<String>,
     /// The pod's addresses with their prefix length.
     #[serde(default)]
     pub addresses: Vec<IpNet>,

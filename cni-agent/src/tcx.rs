@@ -1,18 +1,22 @@
 //! The agent's TCX links: `from_uplink` on every `--uplink` (eBPF host
-//! routing of traffic for local pods), and keeping the pod links the plugin
-//! pinned on the current programs after an upgrade.
+//! routing of traffic for local pods), and keeping the pods' programs (the
+//! TCX links or cls_bpf filters the plugin attached) on the current
+//! programs after an upgrade.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use aya::programs::{
     links::{FdLink, LinkOrder, PinnedLink},
-    tc::{SchedClassifierLink, TcAttachOptions},
+    tc::{SchedClassifierLink, TcAttachOptions, TcHandle},
     SchedClassifier, TcAttachType,
 };
 use cni_ebpf_common::maps::{
     PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, TCX_EGRESS_SUFFIX, TCX_INGRESS_SUFFIX,
-    TCX_LINK_PREFIX, UPLINK_LINK_PREFIX,
+    TCX_LINK_PREFIX, TC_FILTER_HANDLE, TC_FILTER_PRIORITY, UPLINK_LINK_PREFIX,
 };
 
 use crate::{attach::ifindex, bpffs::PinLayout, syscall::pinned_xdp_link_state};
@@ -111,6 +115,58 @@ pub fn update_pod_links(layout: &PinLayout) -> anyhow::Result<usize> {
             // A defunct link (its veth is gone) cannot be updated; the
             // plugin's DEL or GC removes its pin.
             Err(err) => tracing::debug!(pin = %pin.display(), "{err:#}"),
+        }
+    }
+    Ok(changed)
+}
+
+/// Replaces the cls_bpf filters of every pod attached with `tcAttach: tc`
+/// (found through the state dir's records) with filters running the
+/// programs pinned now: a netlink change of the filter at Sluice's priority
+/// and handle, which cls_bpf applies atomically (no packet meets the hook
+/// without a program). Call it when the pinned programs changed; there is
+/// no cheap way to read which program a filter runs without a tc dump, and
+/// replacing a filter with the same program is harmless. Returns how many
+/// filters were replaced; a pod whose veth is gone is skipped (its DEL or
+/// GC cleans up).
+pub fn update_pod_filters(layout: &PinLayout, state_dir: &Path) -> anyhow::Result<usize> {
+    let (mut from_pod, _) = pinned_classifier(layout, PROG_FROM_POD)?;
+    let (mut to_pod, _) = pinned_classifier(layout, PROG_TO_POD)?;
+    let state = crate::endpoints::read_state_dir(state_dir, Some(layout.root()))
+        .with_context(|| format!("reading {}", state_dir.display()))?;
+    let mut changed = 0;
+    for record in state.records.values() {
+        if record.tc_attach.as_deref() != Some("tc") {
+            continue;
+        }
+        match ifindex(&record.host_veth) {
+            Ok(index) if index == record.host_ifindex => {}
+            // Gone, or recreated by someone else under the same name.
+            _ => continue,
+        }
+        for (prog, attach_type) in [
+            (&mut from_pod, TcAttachType::Ingress),
+            (&mut to_pod, TcAttachType::Egress),
+        ] {
+            let link = SchedClassifierLink::attached(
+                &record.host_veth,
+                attach_type,
+                TC_FILTER_PRIORITY,
+                TcHandle::from(TC_FILTER_HANDLE),
+                None,
+            )?;
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    // Dropping an aya tc link detaches it: the filter stays.
+                    std::mem::forget(prog.take_link(id)?);
+                    changed += 1;
+                }
+                Err(err) => tracing::warn!(
+                    veth = %record.host_veth,
+                    ?attach_type,
+                    "cannot move the pod's filter to the current program: {err}"
+                ),
+            }
         }
     }
     Ok(changed)

@@ -62,6 +62,13 @@ pub const TCX_EGRESS_SUFFIX: &str = "-egress";
 /// File name prefix of TCX link pins in `links/`.
 pub const TCX_LINK_PREFIX: &str = "tcx-";
 
+/// Priority (`tc filter ... pref`) of the cls_bpf filters that run
+/// `from_pod`/`to_pod` in a host veth's `clsact` qdisc (`tcAttach: tc`):
+/// 1, so they run before any filter another tool adds.
+pub const TC_FILTER_PRIORITY: u16 = 1;
+/// Handle of those filters (one per direction at [`TC_FILTER_PRIORITY`]).
+pub const TC_FILTER_HANDLE: u32 = 1;
+
 /// Address -> identity, IPv4 (LPM trie).
 pub const IPCACHE4: &str = "IPCACHE4";
 /// Address -> identity, IPv6 (LPM trie).

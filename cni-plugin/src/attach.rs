@@ -1,14 +1,33 @@
-//! Attaching the agent's pinned programs to a pod's host-side veth with TCX,
-//! and the pod's entries in the pinned `ENDPOINTS` map.
+//! Attaching the agent's pinned programs to a pod's host-side veth, and the
+//! pod's entries in the pinned `ENDPOINTS` map.
 //!
 //! The agent loads and pins `from_pod` and `to_pod` under
-//! `<bpffsDir>/progs/`; the plugin only attaches them: `from_pod` on TCX
-//! ingress of the host veth (what the pod sends), `to_pod` on TCX egress
-//! (what the pod receives). Each attachment is a bpf_link pinned at
-//! `<bpffsDir>/links/tcx-<host ifname>-ingress|-egress`, so it outlives the
-//! plugin process and the agent; unpinning it (with the veth gone or not)
-//! detaches it. When the programs were never pinned, ADD fails with code 11
-//! (try again later) before creating anything.
+//! `<bpffsDir>/progs/`; the plugin only attaches them: `from_pod` on the
+//! ingress hook of the host veth (what the pod sends), `to_pod` on its
+//! egress hook (what the pod receives). Two ways, by the conflist's
+//! `tcAttach` ([`TcAttach`]):
+//!
+//! - `tc` (default): a `clsact` qdisc on the veth and one direct-action
+//!   cls_bpf filter per hook (priority [`TC_FILTER_PRIORITY`], handle
+//!   [`TC_FILTER_HANDLE`]), over rtnetlink. The filters belong to the
+//!   device: they outlive the plugin and the agent and go with the veth.
+//! - `tcx`: a TCX bpf_link per hook, pinned at
+//!   `<bpffsDir>/links/tcx-<host ifname>-ingress|-egress` so it outlives
+//!   the plugin; unpinning it (with the veth gone or not) detaches it.
+//!
+//! Why `tc` is the default: every TCX attach and every TCX detach (also
+//! the one deleting a veth does) waits for a full RCU grace period
+//! (`synchronize_rcu()` under `rtnl_lock`) to retire the device's previous
+//! program array. Two hooks per pod made that 20–25 ms of every ADD and
+//! another 20–25 ms of every DEL on these machines, three quarters of
+//! ADD's time, while adding a `clsact` qdisc and two filters takes about
+//! 0.3 ms. `tcx` stays for nodes that need it: the reference `bandwidth`
+//! plugin's egress shaping adds an `ingress` qdisc to the host veth, which
+//! cannot coexist with `clsact` (it fails with "file exists"), while TCX
+//! programs run beside it.
+//!
+//! When the programs were never pinned, ADD fails with code 11 (try again
+//! later) before creating anything.
 //!
 //! Everything here acts on the calling thread's network namespace (aya
 //! resolves the interface name there): call it from the node's namespace.
@@ -23,14 +42,14 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError},
     programs::{
         links::{FdLink, LinkOrder},
-        tc::TcAttachOptions,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
         ProgramError, SchedClassifier, TcAttachType,
     },
 };
 use cni_ebpf_common::{
     maps::{
         ENDPOINTS, LINKS_DIR, MAPS_DIR, PROGS_DIR, PROG_FROM_POD, PROG_TO_POD, TCX_EGRESS_SUFFIX,
-        TCX_INGRESS_SUFFIX, TCX_LINK_PREFIX,
+        TCX_INGRESS_SUFFIX, TCX_LINK_PREFIX, TC_FILTER_HANDLE, TC_FILTER_PRIORITY,
     },
     EndpointInfo, EndpointKey,
 };
@@ -40,6 +59,36 @@ use crate::error::{CniError, CniResult, Code};
 /// `BPF_ANY`: create or update (an address reused by a new pod before the
 /// old one's DEL belongs to the new pod).
 const BPF_ANY: u64 = 0;
+
+/// How the programs are attached to a host veth: the conflist's
+/// `tcAttach`, recorded in the state record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcAttach {
+    /// `"tc"`: cls_bpf filters in a `clsact` qdisc (see the module docs).
+    #[default]
+    Tc,
+    /// `"tcx"`: pinned TCX links.
+    Tcx,
+}
+
+impl TcAttach {
+    /// `"tc"` or `"tcx"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tc => "tc",
+            Self::Tcx => "tcx",
+        }
+    }
+
+    /// The inverse of [`TcAttach::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "tc" => Some(Self::Tc),
+            "tcx" => Some(Self::Tcx),
+            _ => None,
+        }
+    }
+}
 
 /// The pin of a program.
 pub fn prog_pin(bpffs_dir: &Path, prog: &str) -> PathBuf {
@@ -101,29 +150,89 @@ fn remove_pin(path: &Path) -> CniResult<bool> {
     }
 }
 
-fn attach_one(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<()> {
-    let (name, attach_type) = if ingress {
+/// The program for a hook: `from_pod` on ingress, `to_pod` on egress.
+fn hook_program(ingress: bool) -> (&'static str, TcAttachType) {
+    if ingress {
         (PROG_FROM_POD, TcAttachType::Ingress)
     } else {
         (PROG_TO_POD, TcAttachType::Egress)
-    };
+    }
+}
+
+/// Opens the pinned program `name` (code 11 when it is not pinned).
+fn open_program(bpffs_dir: &Path, name: &str) -> CniResult<SchedClassifier> {
     let prog_path = prog_pin(bpffs_dir, name);
-    let mut prog = match SchedClassifier::from_pin(&prog_path) {
-        Ok(p) => p,
-        Err(e) if !prog_path.exists() => {
-            return Err(CniError::new(
-                Code::TryAgainLater,
-                "sluice-agent has not pinned its programs yet; try again later",
-            )
-            .with_details(format!("{}: {e}", prog_path.display())))
-        }
-        Err(e) => {
-            return Err(prog_error(
-                format!("opening pinned program {}", prog_path.display()),
+    match SchedClassifier::from_pin(&prog_path) {
+        Ok(p) => Ok(p),
+        Err(e) if !prog_path.exists() => Err(CniError::new(
+            Code::TryAgainLater,
+            "sluice-agent has not pinned its programs yet; try again later",
+        )
+        .with_details(format!("{}: {e}", prog_path.display()))),
+        Err(e) => Err(prog_error(
+            format!("opening pinned program {}", prog_path.display()),
+            e,
+        )),
+    }
+}
+
+/// The filter of a hook as an aya link, to replace or detach it.
+fn tc_filter_link(host_ifname: &str, ingress: bool) -> CniResult<SchedClassifierLink> {
+    let handle = TcHandle::from(TC_FILTER_HANDLE);
+    SchedClassifierLink::attached(
+        host_ifname,
+        hook_program(ingress).1,
+        TC_FILTER_PRIORITY,
+        handle,
+        None,
+    )
+    .map_err(|e| CniError::kernel(format!("looking up {host_ifname}: {e}")))
+}
+
+/// Attaches a hook's program as a cls_bpf filter (the `clsact` qdisc must
+/// exist).
+fn attach_tc(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<()> {
+    let (name, attach_type) = hook_program(ingress);
+    let mut prog = open_program(bpffs_dir, name)?;
+    let id = prog
+        .attach_with_options(
+            host_ifname,
+            attach_type,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: TC_FILTER_PRIORITY,
+                handle: TcHandle::from(TC_FILTER_HANDLE),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| {
+            prog_error(
+                format!("attaching {name} to {host_ifname} (tc {attach_type:?})"),
                 e,
-            ))
-        }
-    };
+            )
+        })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| prog_error(format!("taking the {name} filter on {host_ifname}"), e))?;
+    // Dropping an aya tc link detaches it; the filter must stay.
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Adds the `clsact` qdisc to `host_ifname` (one already there is fine).
+fn add_clsact(host_ifname: &str) -> CniResult<()> {
+    match tc::qdisc_add_clsact(host_ifname) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(CniError::kernel(format!(
+            "adding the clsact qdisc to {host_ifname}: {e}"
+        ))),
+    }
+}
+
+/// Attaches a hook's program with a pinned TCX link.
+fn attach_tcx(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<()> {
+    let (name, attach_type) = hook_program(ingress);
+    let mut prog = open_program(bpffs_dir, name)?;
     let pin = link_pin(bpffs_dir, host_ifname, ingress);
     if let Some(dir) = pin.parent() {
         std::fs::create_dir_all(dir)
@@ -158,20 +267,34 @@ fn attach_one(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<(
     Ok(())
 }
 
-/// Attaches `from_pod` (ingress) and `to_pod` (egress) to `host_ifname`
-/// and pins both links. On failure nothing stays attached.
-pub fn attach_programs(bpffs_dir: &Path, host_ifname: &str) -> CniResult<()> {
+/// Attaches `from_pod` (ingress) and `to_pod` (egress) to `host_ifname`,
+/// `how` the config says. On failure nothing stays attached.
+pub fn attach_programs(bpffs_dir: &Path, host_ifname: &str, how: TcAttach) -> CniResult<()> {
     check_pinned(bpffs_dir)?;
-    attach_one(bpffs_dir, host_ifname, true)?;
-    if let Err(e) = attach_one(bpffs_dir, host_ifname, false) {
-        let _ = remove_pin(&link_pin(bpffs_dir, host_ifname, true));
-        return Err(e);
+    match how {
+        TcAttach::Tc => {
+            add_clsact(host_ifname)?;
+            attach_tc(bpffs_dir, host_ifname, true)?;
+            if let Err(e) = attach_tc(bpffs_dir, host_ifname, false) {
+                // Dropping the aya link detaches the filter.
+                drop(tc_filter_link(host_ifname, true));
+                return Err(e);
+            }
+        }
+        TcAttach::Tcx => {
+            attach_tcx(bpffs_dir, host_ifname, true)?;
+            if let Err(e) = attach_tcx(bpffs_dir, host_ifname, false) {
+                let _ = remove_pin(&link_pin(bpffs_dir, host_ifname, true));
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
 
-/// Unpins (and so detaches) both links of `host_ifname`; missing pins are
-/// success. Returns how many pins were removed.
+/// Unpins (and so detaches) both TCX links of `host_ifname`; missing pins
+/// are success. Returns how many pins were removed. (`tc` filters need no
+/// detaching: they go with the veth, which every caller deletes.)
 pub fn detach_programs(bpffs_dir: &Path, host_ifname: &str) -> CniResult<usize> {
     let mut removed = 0;
     let mut first_err = None;
@@ -190,18 +313,42 @@ pub fn detach_programs(bpffs_dir: &Path, host_ifname: &str) -> CniResult<usize> 
     }
 }
 
-/// The programs attached with TCX on `ifname` in the calling thread's
-/// namespace, as (ingress, egress) program names.
-pub fn query(ifname: &str) -> CniResult<(Vec<String>, Vec<String>)> {
-    let names = |t: TcAttachType| -> CniResult<Vec<String>> {
-        let (_, progs) = SchedClassifier::query_tcx(ifname, t)
-            .map_err(|e| prog_error(format!("querying TCX on {ifname}"), e))?;
-        Ok(progs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("").to_owned())
-            .collect())
-    };
-    Ok((names(TcAttachType::Ingress)?, names(TcAttachType::Egress)?))
+/// The programs attached to `ifname` in the calling thread's namespace,
+/// `how` Sluice attaches them (TCX links, or cls_bpf filters at Sluice's
+/// priority and handle), as (ingress, egress) program names.
+pub fn query(ifname: &str, how: TcAttach) -> CniResult<(Vec<String>, Vec<String>)> {
+    match how {
+        TcAttach::Tcx => {
+            let names = |t: TcAttachType| -> CniResult<Vec<String>> {
+                let (_, progs) = SchedClassifier::query_tcx(ifname, t)
+                    .map_err(|e| prog_error(format!("querying TCX on {ifname}"), e))?;
+                Ok(progs
+                    .iter()
+                    .map(|p| p.name_as_str().unwrap_or("").to_owned())
+                    .collect())
+            };
+            Ok((names(TcAttachType::Ingress)?, names(TcAttachType::Egress)?))
+        }
+        TcAttach::Tc => crate::netns::run_here(async |nl| {
+            let link = nl.require_link(ifname).await?;
+            let mut hooks = Vec::new();
+            for ingress in [true, false] {
+                hooks.push(
+                    nl.bpf_filters(link.index, ingress)
+                        .await?
+                        .into_iter()
+                        .filter(|f| {
+                            f.priority == TC_FILTER_PRIORITY && f.handle == TC_FILTER_HANDLE
+                        })
+                        .map(|f| f.name)
+                        .collect::<Vec<_>>(),
+                );
+            }
+            let egress = hooks.pop().unwrap_or_default();
+            let ingress = hooks.pop().unwrap_or_default();
+            Ok((ingress, egress))
+        }),
+    }
 }
 
 /// The `ENDPOINTS` key of an address.
@@ -320,6 +467,8 @@ pub struct EndpointAttach<'a> {
     pub host_mac: [u8; 6],
     /// `ENDPOINT_F_*` flags (mode, masquerade).
     pub flags: u32,
+    /// How the programs are attached.
+    pub tc_attach: TcAttach,
     /// [`crate::state::endpoint_id`].
     pub endpoint_id: u64,
     /// The pod's addresses.
@@ -329,7 +478,7 @@ pub struct EndpointAttach<'a> {
 /// Attaches the programs and writes the endpoint entries; on failure
 /// neither stays.
 pub fn attach_endpoint(req: &EndpointAttach<'_>) -> CniResult<()> {
-    attach_programs(req.bpffs_dir, req.host_ifname)?;
+    attach_programs(req.bpffs_dir, req.host_ifname, req.tc_attach)?;
     let info = EndpointInfo {
         ifindex: req.host_ifindex,
         flags: req.flags,
@@ -391,7 +540,9 @@ mod tests {
             Code::TryAgainLater
         );
         assert_eq!(
-            attach_programs(dir.path(), "lo").unwrap_err().code,
+            attach_programs(dir.path(), "lo", TcAttach::Tc)
+                .unwrap_err()
+                .code,
             Code::TryAgainLater
         );
         assert!(remove_endpoints(dir.path(), 1).unwrap().is_empty());

@@ -478,6 +478,7 @@ mod tests {
             routes,
             bpffs_dir: None,
             endpoint_flags: 0,
+            tc_attach: Default::default(),
         }
     }
 

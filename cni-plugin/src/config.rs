@@ -33,6 +33,7 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use crate::args::CniArgs;
+use crate::attach::TcAttach;
 use crate::error::{CniError, CniResult, Code};
 use crate::log::LogLevel;
 use crate::types::Dns;
@@ -70,13 +71,14 @@ const BRIDGE_ONLY_KEYS: [&str; 6] = [
 
 /// Every top-level key this module reads or knowingly skips; anything else
 /// ends up in [`NetConf::ignored_keys`].
-const KNOWN_KEYS: [&str; 40] = [
+const KNOWN_KEYS: [&str; 41] = [
     "cniVersion",
     "cniVersions",
     "name",
     "type",
     "mode",
     "hostRouting",
+    "tcAttach",
     "bridge",
     "isGateway",
     "isDefaultGateway",
@@ -342,6 +344,8 @@ pub struct NetConf {
     pub mode: Mode,
     /// `hostRouting` (always `Legacy` in bridge mode).
     pub host_routing: HostRouting,
+    /// `tcAttach`: how the programs are attached to the host veth.
+    pub tc_attach: TcAttach,
     /// `ipMasq`: masquerade traffic leaving the node from pod addresses.
     pub ip_masq: bool,
     /// `mtu`: absent means derived from the uplink at ADD.
@@ -415,6 +419,16 @@ impl NetConf {
         let mode = parse_mode(&top)?;
         refuse_unimplemented_bridge_options(&top)?;
         let host_routing = parse_host_routing(&top, &mode)?;
+        let tc_attach = match top.string("tcAttach")? {
+            None => TcAttach::default(),
+            Some(text) => TcAttach::parse(text).ok_or_else(|| {
+                invalid(
+                    "tcAttach",
+                    top.get("tcAttach").unwrap_or(&Value::Null),
+                    "\"tc\" or \"tcx\"",
+                )
+            })?,
+        };
 
         let mtu = match top.uint("mtu", MTU_EXPECTED)? {
             None => None,
@@ -483,6 +497,7 @@ impl NetConf {
             plugin_type,
             mode,
             host_routing,
+            tc_attach,
             ip_masq: top.boolean("ipMasq")?.unwrap_or(false),
             mtu,
             bpffs_dir: top

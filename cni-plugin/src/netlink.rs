@@ -22,6 +22,7 @@ use rtnetlink::{
             InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
         },
         route::{RouteAddress, RouteAttribute, RouteMessage},
+        tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
         AddressFamily, RouteNetlinkMessage,
     },
     Handle,
@@ -265,6 +266,19 @@ impl RouteEntry {
     }
 }
 
+/// A cls_bpf filter (`tc filter show dev X ingress|egress`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BpfFilter {
+    /// `pref`.
+    pub priority: u16,
+    /// `handle`.
+    pub handle: u32,
+    /// The name it was attached with (the program's name for Sluice's).
+    pub name: String,
+    /// The id of the program it runs.
+    pub prog_id: u32,
+}
+
 impl Netlink {
     /// Wraps a handle whose connection task runs on this thread's runtime.
     pub fn new(handle: Handle) -> Self {
@@ -330,6 +344,65 @@ impl Netlink {
         Err(rtnetlink::Error::NamespaceError(format!(
             "dump interrupted by concurrent changes {DUMP_RETRIES} times in a row"
         )))
+    }
+
+    /// The cls_bpf filters in the `clsact` qdisc of the link `index`, on
+    /// its ingress or egress hook (none when it has no `clsact`).
+    pub async fn bpf_filters(&self, index: u32, ingress: bool) -> CniResult<Vec<BpfFilter>> {
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = TcHandle {
+            major: 0xffff,
+            minor: if ingress {
+                TcHandle::MIN_INGRESS
+            } else {
+                TcHandle::MIN_EGRESS
+            },
+        };
+        let hook = if ingress { "ingress" } else { "egress" };
+        let replies = match self.dump(RouteNetlinkMessage::GetTrafficFilter(msg)).await {
+            Ok(r) => r,
+            // No clsact qdisc on the link: nothing attached.
+            Err(e) if is_errno(&e, libc::EINVAL) || is_errno(&e, libc::ENOENT) => Vec::new(),
+            Err(e) => return Err(kernel_error(format!("listing tc {hook} filters"), &e)),
+        };
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewTrafficFilter(f) = reply else {
+                continue;
+            };
+            let is_bpf = f
+                .attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"));
+            if !is_bpf {
+                continue;
+            }
+            let mut filter = BpfFilter {
+                priority: (f.header.info >> 16) as u16,
+                handle: u32::from(f.header.handle),
+                name: String::new(),
+                prog_id: 0,
+            };
+            for attr in &f.attributes {
+                if let TcAttribute::Options(opts) = attr {
+                    for opt in opts {
+                        match opt {
+                            TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
+                                filter.name = n.clone()
+                            }
+                            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => filter.prog_id = *id,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            // The kernel also reports the (empty) chain head of each
+            // priority, without a handle.
+            if filter.handle != 0 {
+                out.push(filter);
+            }
+        }
+        Ok(out)
     }
 
     /// All links.

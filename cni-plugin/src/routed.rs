@@ -257,6 +257,7 @@ mod tests {
             routes: &routes,
             bpffs_dir: None,
             endpoint_flags: 0,
+            tc_attach: Default::default(),
         };
         let (plan, ips, routes) = plan(&spec, [2, 0, 0, 0, 0, 1]);
         assert_eq!(

@@ -128,6 +128,11 @@ pub struct Attachment {
     /// Absent in records written before it existed: legacy.
     #[serde(default)]
     pub host_routing: Option<String>,
+    /// `tcAttach` of the network (`tc` or `tcx`): how the programs are
+    /// attached, so the agent can move them to new programs after an
+    /// upgrade. Absent in records written before it existed: `tcx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tc_attach: Option<String>,
     /// `K8S_POD_NAMESPACE`.
     #[serde(default)]
     pub pod_namespace: Option<String>,
@@ -143,6 +148,17 @@ pub struct Attachment {
     pub created_at: u64,
     /// Seconds since the epoch when last written.
     pub updated_at: u64,
+}
+
+impl Attachment {
+    /// How its programs were attached: the record's `tcAttach`, `tcx` in
+    /// records written before it existed.
+    pub fn attach_kind(&self) -> crate::attach::TcAttach {
+        self.tc_attach
+            .as_deref()
+            .and_then(crate::attach::TcAttach::parse)
+            .unwrap_or(crate::attach::TcAttach::Tcx)
+    }
 }
 
 mod hex_u64 {
@@ -336,6 +352,7 @@ mod tests {
             ],
             ip_masq: false,
             host_routing: None,
+            tc_attach: None,
             pod_namespace: Some("default".into()),
             pod_name: Some("web-0".into()),
             pod_uid: None,

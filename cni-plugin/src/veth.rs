@@ -265,6 +265,8 @@ pub struct PodSpec<'a> {
     /// `ENDPOINT_F_*` flags of the endpoint entries
     /// ([`crate::config::NetConf::endpoint_flags`]).
     pub endpoint_flags: u32,
+    /// How the programs are attached (`tcAttach`).
+    pub tc_attach: attach::TcAttach,
 }
 
 impl PodSpec<'_> {
@@ -404,6 +406,7 @@ pub(crate) fn finish_add(
                 container_mac,
                 host_mac: host.mac.unwrap_or_default(),
                 flags: spec.endpoint_flags,
+                tc_attach: spec.tc_attach,
                 endpoint_id: id,
                 addrs: &addrs,
             })?;

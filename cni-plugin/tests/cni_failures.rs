@@ -279,7 +279,7 @@ fn del_keeps_going_past_errors_and_reports_them() {
         .expect_code(7);
     assert!(e["msg"].as_str().unwrap().contains("no-such-ipam"), "{e}");
     assert!(world.host_veths().is_empty());
-    assert!(world.veth_link_pins().is_empty());
+    assert_eq!(world.datapath_hooks(), 0);
     assert!(world.endpoint_entries().is_empty());
     assert_eq!(world.reservations().len(), 2, "not released yet");
     // The retry with the right config finishes the job.
@@ -344,8 +344,17 @@ fn check_reports_each_kind_of_drift_as_102() {
         (
             "programs",
             |w, _, _, r| {
+                // What `tc filter del dev <veth> ingress pref 1` does.
                 let host = r["interfaces"][0]["name"].as_str().unwrap();
-                assert_eq!(attach::detach_programs(&w.pins.dir, host).unwrap(), 2);
+                w.node
+                    .run(|| {
+                        aya::programs::tc::qdisc_detach_program(
+                            host,
+                            aya::programs::TcAttachType::Ingress,
+                            "from_pod",
+                        )
+                    })
+                    .unwrap();
             },
             "from_pod is not attached",
         ),

@@ -49,12 +49,13 @@ fn reserve_only(conf: &Value, cid: &str) {
 #[test]
 fn gc_removes_stale_attachments_and_keeps_valid_ones() {
     let world = World::new();
-    let conf = world.conf("1.1.0", json!({"ipMasq": true}));
+    // TCX: a vanished veth leaves its link pins behind, for GC to remove.
+    let conf = world.conf("1.1.0", json!({"ipMasq": true, "tcAttach": "tcx"}));
     // A second network sharing the state dir and bpffs dir.
     let other = world.conf(
         "1.1.0",
         json!({
-            "name": format!("{}-o", world.net), "ipMasq": true,
+            "name": format!("{}-o", world.net), "ipMasq": true, "tcAttach": "tcx",
             "ipam": {"ranges": [[{"subnet": "10.199.4.0/24"}]]},
         }),
     );

@@ -106,7 +106,7 @@ fn every_version(world: &World, layout: Layout, patch: Value, versions: &[&str])
         let result = world.add(&cid, &pod, &conf).ok();
         check_layout(version, &result, layout, &pod, 1500);
         assert_eq!(world.state_files(), [format!("{cid}@eth0.json")]);
-        assert_eq!(world.veth_link_pins().len(), 2);
+        assert_eq!(world.datapath_hooks(), 2);
         assert_eq!(world.endpoint_entries().len(), 2);
         let masq = if conf["ipMasq"] == true { 2 } else { 0 };
         assert_eq!(world.masq_rules().len(), masq, "{version}");

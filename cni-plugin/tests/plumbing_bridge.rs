@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use cni_ebpf_common::Reason;
 use cni_plugin::{
     addr::{self, AddrOptions},
-    attach,
+    attach::{self, TcAttach},
     bridge::{self, BridgeOptions},
     error::Code,
     state::endpoint_id,
@@ -61,6 +61,7 @@ fn add_pod(
                 routes: &[],
                 bpffs_dir: pins.map(|p| p.dir.as_path()),
                 endpoint_flags: 0,
+                tc_attach: TcAttach::Tcx,
             },
             opts,
         )
@@ -157,7 +158,7 @@ fn pods_on_one_bridge_reach_each_other_and_the_gateway() {
     node.run(|| {
         assert_eq!(sysctl::get(&["net", "ipv4", "ip_forward"]).unwrap(), "1");
         assert_eq!(
-            attach::query(&b.host.name).unwrap(),
+            attach::query(&b.host.name, TcAttach::Tcx).unwrap(),
             (vec!["from_pod".to_string()], vec!["to_pod".to_string()])
         );
     });

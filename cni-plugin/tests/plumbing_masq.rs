@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use cni_plugin::{
     addr::{self, AddrOptions},
+    attach::TcAttach,
     masq::{self, MasqEntry},
     routed,
     state::endpoint_id,
@@ -123,6 +124,7 @@ fn masquerade_rules_appear_work_and_disappear() {
                 routes: &[],
                 bpffs_dir: None,
                 endpoint_flags: 0,
+                tc_attach: TcAttach::Tcx,
             })
         })
         .unwrap();

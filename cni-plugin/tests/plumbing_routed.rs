@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use cni_ebpf_common::Reason;
 use cni_plugin::{
     addr::{self, AddrOptions},
-    attach,
+    attach::{self, TcAttach},
     error::Code,
     mtu,
     netns::NetnsHandle,
@@ -84,6 +84,7 @@ fn add_pod(
     ips: &[IpConfig],
     routes: &[Route],
     pins: Option<&Pins>,
+    tc_attach: TcAttach,
 ) -> Plumbed {
     let handle = pod.handle();
     node.run(|| {
@@ -97,6 +98,7 @@ fn add_pod(
             routes,
             bpffs_dir: pins.map(|p| p.dir.as_path()),
             endpoint_flags: 0,
+            tc_attach,
         })
     })
     .unwrap_or_else(|e| panic!("routed ADD {cid}: {e}"))
@@ -142,8 +144,25 @@ fn two_routed_pods_talk_over_v4_and_v6_through_the_attached_programs() {
     let ips_a = [ipcfg("10.199.1.2/24"), ipcfg("fd00:199::1:2/64")];
     let ips_b = [ipcfg("10.199.1.3/24"), ipcfg("fd00:199::1:3/64")];
     let extra = [Route::new(net("10.199.128.0/17"), Some(ip("10.199.1.1")))];
-    let a = add_pod(&node, &pod_a, "pod-a", &ips_a, &extra, Some(&pins));
-    let b = add_pod(&node, &pod_b, "pod-b", &ips_b, &[], Some(&pins));
+    // a with cls_bpf filters (the default), b with TCX links.
+    let a = add_pod(
+        &node,
+        &pod_a,
+        "pod-a",
+        &ips_a,
+        &extra,
+        Some(&pins),
+        TcAttach::Tc,
+    );
+    let b = add_pod(
+        &node,
+        &pod_b,
+        "pod-b",
+        &ips_b,
+        &[],
+        Some(&pins),
+        TcAttach::Tcx,
+    );
 
     // Result shape: host veth + container, /32 and /128 with link-local gateways.
     assert_eq!(a.output.interfaces.len(), 2);
@@ -168,15 +187,21 @@ fn two_routed_pods_talk_over_v4_and_v6_through_the_attached_programs() {
     assert_eq!(a.container.mtu, 1400);
     assert!(a.attached);
 
-    // Datapath: both programs on TCX, links pinned, endpoint entries.
+    // Datapath: both programs on each veth, a's as tc filters and b's as
+    // pinned TCX links (and each only so), endpoint entries.
     node.run(|| {
-        let (ingress, egress) = attach::query(&a.host.name).unwrap();
-        assert_eq!(ingress, ["from_pod"]);
-        assert_eq!(egress, ["to_pod"]);
+        for (host, how, other) in [
+            (&a.host.name, TcAttach::Tc, TcAttach::Tcx),
+            (&b.host.name, TcAttach::Tcx, TcAttach::Tc),
+        ] {
+            let (ingress, egress) = attach::query(host, how).unwrap();
+            assert_eq!(ingress, ["from_pod"], "{host} {how:?}");
+            assert_eq!(egress, ["to_pod"], "{host} {how:?}");
+            let (ingress, egress) = attach::query(host, other).unwrap();
+            assert!(ingress.is_empty() && egress.is_empty(), "{host} {other:?}");
+        }
     });
     let mut want = vec![
-        format!("tcx-{}-egress", a.host.name),
-        format!("tcx-{}-ingress", a.host.name),
         format!("tcx-{}-egress", b.host.name),
         format!("tcx-{}-ingress", b.host.name),
     ];
@@ -256,7 +281,7 @@ fn check_reports_drift_as_code_102() {
     let node = TestNetns::new();
     let pod = TestNetns::new();
     let ips = [ipcfg("10.199.4.2/24")];
-    let p = add_pod(&node, &pod, "pod-c", &ips, &[], None);
+    let p = add_pod(&node, &pod, "pod-c", &ips, &[], None, TcAttach::Tc);
     let h = pod.handle();
     node.run(|| routed::check(&h, "eth0", &p.output)).unwrap();
     // Remove the pod's default route: CHECK must say so.
@@ -297,6 +322,7 @@ fn programs_not_pinned_is_code_11_and_creates_nothing() {
                 routes: &[],
                 bpffs_dir: Some(&pins.dir),
                 endpoint_flags: 0,
+                tc_attach: TcAttach::Tcx,
             })
         })
         .unwrap_err();
@@ -343,6 +369,7 @@ fn a_failure_after_attach_undoes_veth_routes_pins_and_endpoints() {
                 routes: &[],
                 bpffs_dir: Some(&pins.dir),
                 endpoint_flags: 0,
+                tc_attach: TcAttach::Tcx,
             })
         })
         .unwrap_err();
@@ -386,7 +413,7 @@ fn del_after_the_netns_is_gone_succeeds() {
     let mut pod = TestNetns::new();
     let pins = Pins::loaded(&node);
     let ips = [ipcfg("10.199.7.2/24")];
-    let p = add_pod(&node, &pod, "pod-f", &ips, &[], Some(&pins));
+    let p = add_pod(&node, &pod, "pod-f", &ips, &[], Some(&pins), TcAttach::Tcx);
     let path = pod.path.clone();
     pod.remove();
     assert!(NetnsHandle::open(&path).unwrap_err().is_gone());

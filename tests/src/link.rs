@@ -161,6 +161,56 @@ pub fn xdp_attached(ns: &Netns, ifname: &str) -> anyhow::Result<Option<XdpAttach
     bail!("the kernel reported no IFLA_XDP for {ifname}")
 }
 
+/// The programs on `ifname`'s tc hooks in `ns`, as `"<how> <hook> <name>"`
+/// (e.g. `"tc ingress from_pod"`, `"tcx egress to_pod"`): TCX programs and
+/// cls_bpf filters of `clsact` alike, so a test sees how Sluice attached
+/// a pod whichever `tcAttach` it used.
+pub fn tc_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<String>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+    let mut out = Vec::new();
+    for (hook, attach_type) in [
+        ("ingress", TcAttachType::Ingress),
+        ("egress", TcAttachType::Egress),
+    ] {
+        let (_, progs) = ns.run(|| {
+            SchedClassifier::query_tcx(ifname, attach_type)
+                .with_context(|| format!("querying TCX {hook} of {ifname}"))
+        })?;
+        for prog in progs {
+            out.push(format!("tcx {hook} {}", prog.name_as_str().unwrap_or("")));
+        }
+    }
+    let index = ifindex(ns, ifname)? as i32;
+    let filters = ns.netlink(|handle| async move {
+        let mut names = Vec::new();
+        for hook in ["ingress", "egress"] {
+            let request = handle.traffic_filter(index).get();
+            let request = if hook == "ingress" {
+                request.ingress()
+            } else {
+                request.egress()
+            };
+            let mut replies = request.execute();
+            // No clsact qdisc: the kernel refuses the dump; nothing there.
+            while let Ok(Some(filter)) = replies.try_next().await {
+                for attr in &filter.attributes {
+                    if let TcAttribute::Options(opts) = attr {
+                        for opt in opts {
+                            if let TcOption::Bpf(TcFilterBpfOption::ProgName(name)) = opt {
+                                names.push(format!("tc {hook} {name}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(names)
+    })?;
+    out.extend(filters);
+    Ok(out)
+}
+
 /// Names of every link in `ns`.
 pub fn link_names(ns: &Netns) -> anyhow::Result<Vec<String>> {
     ns.netlink(|handle| async move {

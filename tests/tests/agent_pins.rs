@@ -375,6 +375,76 @@ fn uplink_routing_links_and_pod_links_follow_the_pinned_programs() {
     .unwrap();
 }
 
+/// Pods attached with `"tcAttach": "tc"` (cls_bpf filters, no pins) are
+/// found through the state dir's records: their filters are replaced with
+/// ones running the programs pinned now. A hook without Sluice's filter
+/// is not given one, and a record whose veth is gone is skipped.
+#[test]
+fn pod_filters_follow_the_pinned_programs() {
+    use aya::programs::{
+        tc::{self, NlOptions, TcAttachOptions, TcHandle},
+        SchedClassifier, TcAttachType,
+    };
+    use cni_agent::tcx::update_pod_filters;
+    use cni_ebpf_common::maps::{PROG_TO_POD, TC_FILTER_HANDLE, TC_FILTER_PRIORITY};
+
+    require_root("pod_filters_follow_the_pinned_programs");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("load"));
+    let ns = Netns::new().expect("netns");
+    let peer = Netns::new().expect("peer netns");
+    tests::link::add_veth(&ns, "slcfil0", &peer, "pod0").expect("veth");
+    let index = tests::link::ifindex(&ns, "slcfil0").expect("ifindex");
+    let state = tempfile::tempdir().expect("state dir");
+    for (cid, veth, ifindex) in [("live", "slcfil0", index), ("gone-pod", "slcgone1", 4343)] {
+        let record = serde_json::json!({
+            "version": 1, "network": "net", "containerId": cid, "ifname": "eth0",
+            "netns": "/proc/1/ns/net", "endpointId": format!("{:016x}", cid.len() as u64 + 0xcd00),
+            "hostVeth": veth, "hostIfindex": ifindex, "containerMac": "0a:58:0a:f4:01:0c",
+            "mode": "routed", "addresses": ["10.244.8.5/32"], "tcAttach": "tc",
+            "bpffsDir": dir.path(),
+        });
+        std::fs::write(
+            state.path().join(format!("{cid}@eth0.json")),
+            record.to_string(),
+        )
+        .unwrap();
+    }
+
+    ns.run(|| {
+        // A filter made by an "older build": to_pod's code where the
+        // plugin puts from_pod; no filter on egress.
+        tc::qdisc_add_clsact("slcfil0")?;
+        let mut old = SchedClassifier::from_pin(layout.prog(PROG_TO_POD))?;
+        let id = old.attach_with_options(
+            "slcfil0",
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: TC_FILTER_PRIORITY,
+                handle: TcHandle::from(TC_FILTER_HANDLE),
+                ..Default::default()
+            }),
+        )?;
+        std::mem::forget(old.take_link(id)?);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        tests::link::tc_programs(&ns, "slcfil0").unwrap(),
+        ["tc ingress to_pod"]
+    );
+    let changed = ns
+        .run(|| update_pod_filters(&layout, state.path()))
+        .unwrap();
+    assert_eq!(changed, 1, "only the live pod's ingress filter");
+    assert_eq!(
+        tests::link::tc_programs(&ns, "slcfil0").unwrap(),
+        ["tc ingress from_pod"]
+    );
+}
+
 /// An upgrade that changes the `ENDPOINTS` layout replaces the map with an
 /// empty one; the entries of running pods, which the plugin wrote, are
 /// rewritten from the state dir's attachment records, flags and MACs

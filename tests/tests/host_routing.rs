@@ -312,7 +312,11 @@ fn pods_come_and_go_while_traffic_flows() {
     let pings = PingLoop::start(&a.ns, b.v4, Duration::from_millis(2)).unwrap();
 
     let mut churned = Vec::new();
-    for round in 0..4 {
+    // At least four rounds, and long enough for a few hundred pings: with
+    // fast ADDs four rounds alone take under 100 ms.
+    let churn_started = std::time::Instant::now();
+    let mut round = 0;
+    while round < 4 || churn_started.elapsed() < Duration::from_millis(600) {
         let d = node.add(&node.ebpf, &format!("d{round}")).unwrap();
         assert!(
             reachable(&a.ns, d.v4),
@@ -324,6 +328,7 @@ fn pods_come_and_go_while_traffic_flows() {
         } else {
             churned.push(d);
         }
+        round += 1;
     }
     let stats = pings.stop().unwrap();
     conn.exchange(1 << 20).unwrap();

@@ -89,7 +89,15 @@ struct World {
 }
 
 impl World {
+    /// Sluice (when first) attaches with TCX: bandwidth's egress shaping
+    /// adds an `ingress` qdisc to the host veth, which cannot coexist with
+    /// the `clsact` of the default `"tcAttach": "tc"`
+    /// ([`default_tc_attach_and_bandwidth_egress_conflict_cleanly`]).
     fn new(first: &'static str) -> anyhow::Result<Self> {
+        Self::with_tc_attach(first, "tcx")
+    }
+
+    fn with_tc_attach(first: &'static str, tc_attach: &str) -> anyhow::Result<Self> {
         let node = if first == "sluice" {
             SluiceNode::new()?
         } else {
@@ -142,6 +150,9 @@ impl World {
             },
         });
         node.sluice_keys(&mut first_conf);
+        if first == "sluice" {
+            first_conf["tcAttach"] = tc_attach.into();
+        }
         let chain = Chain::new(
             "chain",
             "1.0.0",
@@ -391,10 +402,18 @@ fn chain_add_check_del(first: &'static str) {
         );
     }
     if first == "sluice" {
-        let pins = world.node.sluice.tcx_link_pins();
-        for pin in Sluice::tcx_pins_of(host_veth) {
-            assert!(pins.contains(&pin), "no {pin} in {pins:?}");
-        }
+        world
+            .node
+            .sluice
+            .check_programs(&world.node.node, host_veth)
+            .expect("sluice's programs");
+        let mut want = Sluice::tcx_pins_of(host_veth).to_vec();
+        want.sort();
+        assert_eq!(
+            world.node.sluice.tcx_link_pins(),
+            want,
+            "tcAttach tcx pins its links"
+        );
         assert_eq!(
             world.node.sluice.endpoint_addrs().expect("ENDPOINTS"),
             pod_addrs
@@ -533,4 +552,42 @@ fn bandwidth_egress_shaping_applies_reference_bridge() {
 fn bandwidth_egress_shaping_applies() {
     require_root("bandwidth_egress_shaping_applies");
     egress_shaping_applies("sluice");
+}
+
+/// The documented limit of the default `"tcAttach": "tc"`: bandwidth's
+/// egress shaping cannot add its `ingress` qdisc next to Sluice's
+/// `clsact`, so the chain's ADD fails in bandwidth, with the kernel's
+/// "file exists"; the runtime's DEL of the chain then leaves nothing of
+/// Sluice's behind.
+#[test]
+fn default_tc_attach_and_bandwidth_egress_conflict_cleanly() {
+    require_root("default_tc_attach_and_bandwidth_egress_conflict_cleanly");
+    let world = World::with_tc_attach("sluice", "tc").expect("the world");
+    let pod = Netns::new().expect("pod netns");
+    let rt = world.runtime_conf(&pod, 8080);
+    let err = world
+        .chain
+        .add(&world.node.node, &rt)
+        .expect_err("bandwidth cannot add its ingress qdisc next to clsact");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("bandwidth") && text.contains("file exists"),
+        "unexpected failure: {text}"
+    );
+    world
+        .chain
+        .del(&world.node.node, &rt, None)
+        .unwrap_or_else(|e| panic!("chain DEL after the failed ADD: {e:#}"));
+    world
+        .node
+        .sluice
+        .check_detached()
+        .expect("nothing of sluice's left");
+    let links = link::link_names(&world.node.node).expect("node links");
+    assert!(
+        !links
+            .iter()
+            .any(|l| l.starts_with("slc") || l.starts_with("bwp")),
+        "links left: {links:?}"
+    );
 }

@@ -153,10 +153,9 @@ fn dhcp_lease_and_release(plugin_type: &'static str, release_reaches_server: boo
         .unwrap_or_default()
         .to_owned();
     if plugin_type == "sluice" {
-        let pins = node.sluice.tcx_link_pins();
-        for pin in tests::runtime::Sluice::tcx_pins_of(&host_veth) {
-            assert!(pins.contains(&pin), "no {pin} in {pins:?}");
-        }
+        node.sluice
+            .check_programs(&node.node, &host_veth)
+            .expect("sluice's programs");
         assert_eq!(
             node.sluice.endpoint_addrs().expect("ENDPOINTS"),
             [IpAddr::V4(addr)]

@@ -99,7 +99,7 @@ fn sandbox_lifecycle(network: Network, sluice: Option<&Sluice>) {
     );
     if let Some(sluice) = sluice {
         sluice
-            .check_attached(containerd.network(), add)
+            .check_attached(containerd.node(), containerd.network(), add)
             .expect("the sandbox's datapath");
     }
 

@@ -45,7 +45,7 @@ fn two_containers_talk(network: Network, sluice: Option<&Sluice>) {
             .find(|a| a.cni_args().get("K8S_POD_NAME").map(String::as_str) == Some("server"))
             .unwrap_or_else(|| panic!("no ADD for the server:\n{}", summarize(&calls)));
         sluice
-            .check_attached(podman.network(), add)
+            .check_attached(podman.node(), podman.network(), add)
             .expect("the server's datapath");
     }
 

@@ -100,6 +100,7 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
         routes: &[],
         bpffs_dir: Some(&conf.bpffs_dir),
         endpoint_flags: conf.endpoint_flags(),
+        tc_attach: conf.tc_attach,
     };
 
     // 2a. Bridge mode: the bridge port and the container's interface
@@ -187,6 +188,7 @@ pub fn run(req: &Request) -> CniResult<CniOutput> {
         addresses: addresses.clone(),
         ip_masq: conf.ip_masq,
         host_routing: Some(conf.host_routing.as_str().to_owned()),
+        tc_attach: Some(conf.tc_attach.as_str().to_owned()),
         pod_namespace: req.args.k8s_pod_namespace.clone(),
         pod_name: req.args.k8s_pod_name.clone(),
         pod_uid: req.args.k8s_pod_uid.clone(),

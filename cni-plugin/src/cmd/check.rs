@@ -85,15 +85,17 @@ pub fn run(req: &Request) -> CniResult<()> {
         )));
     }
 
-    let (ingress, egress) = attach::query(&record.host_veth)?;
+    let how = record.attach_kind();
+    let (ingress, egress) = attach::query(&record.host_veth, how)?;
     for (have, want, hook) in [
         (&ingress, PROG_FROM_POD, "ingress"),
         (&egress, PROG_TO_POD, "egress"),
     ] {
         if !have.iter().any(|p| p == want) {
             return Err(mismatch(format!(
-                "{want} is not attached to {} (TCX {hook}); attached: {have:?}",
-                record.host_veth
+                "{want} is not attached to {} ({} {hook}); attached: {have:?}",
+                record.host_veth,
+                how.as_str()
             )));
         }
     }

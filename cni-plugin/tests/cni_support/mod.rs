@@ -366,6 +366,25 @@ impl World {
             .collect()
     }
 
+    /// Hooks of pod veths running Sluice's programs: a pinned TCX link each
+    /// (`tcAttach: tcx`; a pin outlives its veth, so leaked pins count) or
+    /// a cls_bpf filter at Sluice's priority (`tcAttach: tc`, the default;
+    /// filters go with their veth).
+    pub fn datapath_hooks(&self) -> usize {
+        let filters: usize = self
+            .host_veths()
+            .iter()
+            .map(|veth| {
+                let (ingress, egress) = self
+                    .node
+                    .run(|| attach::query(veth, attach::TcAttach::Tc))
+                    .unwrap();
+                ingress.len() + egress.len()
+            })
+            .sum();
+        filters + self.veth_link_pins().len()
+    }
+
     /// TCX link pins of pod veths.
     pub fn veth_link_pins(&self) -> Vec<String> {
         self.pins
@@ -415,12 +434,13 @@ impl World {
     /// As [`World::assert_clean`], with `pods` live attachments allowed.
     pub fn assert_clean_except(&self, pods: usize) {
         let report = format!(
-            "veths {:?}\nreservations {:?}\nstate {:?}\nendpoints {:?}\nlink pins {:?}\nmasq {:?}",
+            "veths {:?}\nreservations {:?}\nstate {:?}\nendpoints {:?}\nlink pins {:?}\nhooks {}\nmasq {:?}",
             self.host_veths(),
             self.reservations(),
             self.state_files(),
             self.endpoint_entries(),
             self.veth_link_pins(),
+            self.datapath_hooks(),
             self.masq_rules()
         );
         assert_eq!(self.host_veths().len(), pods, "host veths left:\n{report}");
@@ -430,9 +450,9 @@ impl World {
             "state records left:\n{report}"
         );
         assert_eq!(
-            self.veth_link_pins().len(),
+            self.datapath_hooks(),
             2 * pods,
-            "link pins left:\n{report}"
+            "programs or link pins left:\n{report}"
         );
         let owners: std::collections::HashSet<u64> =
             self.endpoint_entries().iter().map(|(_, id)| *id).collect();

@@ -335,10 +335,36 @@ impl Sluice {
         Ok(addrs)
     }
 
+    /// Fails unless `from_pod` runs on the ingress and `to_pod` on the
+    /// egress hook of `host_veth` in `node` (as cls_bpf filters, or as TCX
+    /// links with their pins).
+    pub fn check_programs(&self, node: &Netns, host_veth: &str) -> anyhow::Result<()> {
+        let progs = crate::link::tc_programs(node, host_veth)?;
+        let pins = self.tcx_link_pins();
+        for (hook, prog, pin) in [
+            ("ingress", "from_pod", &Self::tcx_pins_of(host_veth)[0]),
+            ("egress", "to_pod", &Self::tcx_pins_of(host_veth)[1]),
+        ] {
+            let tc = progs.contains(&format!("tc {hook} {prog}"));
+            let tcx = progs.contains(&format!("tcx {hook} {prog}")) && pins.contains(pin);
+            if !tc && !tcx {
+                bail!(
+                    "{prog} is not on the {hook} of {host_veth}: programs {progs:?}, pins {pins:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Fails unless the datapath of the pod `add` created is in place: the
-    /// programs attached to its host veth (both link pins), and an
-    /// `ENDPOINTS` entry for each of its addresses.
-    pub fn check_attached(&self, network: &Network, add: &CniCall) -> anyhow::Result<()> {
+    /// programs attached to its host veth in `node` ([`Sluice::check_programs`]),
+    /// and an `ENDPOINTS` entry for each of its addresses.
+    pub fn check_attached(
+        &self,
+        node: &Netns,
+        network: &Network,
+        add: &CniCall,
+    ) -> anyhow::Result<()> {
         let hosts: Vec<String> = add
             .result_host_interfaces()
             .into_iter()
@@ -350,12 +376,7 @@ impl Sluice {
                 add.stdout
             );
         };
-        let pins = self.tcx_link_pins();
-        for pin in Self::tcx_pins_of(host) {
-            if !pins.contains(&pin) {
-                bail!("no link pin {pin} for the pod's host veth; pins: {pins:?}");
-            }
-        }
+        self.check_programs(node, host)?;
         let endpoints = self.endpoint_addrs()?;
         for ip in add.result_ips() {
             if !endpoints.contains(&ip.addr()) {
