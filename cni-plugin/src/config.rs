@@ -1120,6 +1120,20 @@ mod tests {
     }
 
     #[test]
+    fn tc_attach_defaults_to_tc() {
+        assert_eq!(parse(base()).unwrap().tc_attach, TcAttach::Tc);
+        let tcx = parse(with(json!({"tcAttach": "tcx"}))).unwrap();
+        assert_eq!(tcx.tc_attach, TcAttach::Tcx);
+        let bridge = parse(with(json!({"mode": "bridge", "tcAttach": "tc"}))).unwrap();
+        assert_eq!(bridge.tc_attach, TcAttach::Tc);
+        for bad in [json!({"tcAttach": "xdp"}), json!({"tcAttach": true})] {
+            let e = parse(with(bad)).unwrap_err();
+            assert_eq!(e.code, Code::InvalidNetworkConfig, "{e:?}");
+            assert!(e.msg.contains("tcAttach"), "{e:?}");
+        }
+    }
+
+    #[test]
     fn host_routing_defaults_to_ebpf_in_routed_mode_only() {
         use cni_ebpf_common::endpoint::{ENDPOINT_F_HOST_ROUTING, ENDPOINT_F_MASQUERADE};
         let routed = parse(base()).unwrap();

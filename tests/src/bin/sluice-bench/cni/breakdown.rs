@@ -4,7 +4,12 @@
 use std::{os::fd::AsRawFd as _, path::Path, time::Instant};
 
 use anyhow::Context as _;
-use aya::programs::{links::LinkOrder, tc::TcAttachOptions, SchedClassifier, TcAttachType};
+use aya::programs::{
+    links::LinkOrder,
+    tc::{self, NlOptions, TcAttachOptions, TcHandle},
+    SchedClassifier, TcAttachType,
+};
+use cni_ebpf_common::maps::{TC_FILTER_HANDLE, TC_FILTER_PRIORITY};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::link::{InfoData, InfoVeth},
@@ -24,8 +29,8 @@ pub(super) struct Step {
 
 /// The building blocks of an ADD and a DEL, each timed on its own, so the
 /// totals can be explained: process start, the IPAM exec both plugins do,
-/// and the kernel work of the plumbing with and without sluice's TCX
-/// programs.
+/// and the kernel work of the plumbing with and without sluice's programs,
+/// attached either way (`tcAttach`: cls_bpf filters, the default, or TCX).
 pub(super) fn breakdown(world: &World, n: usize) -> anyhow::Result<Vec<Step>> {
     let bridge = world.side(Plugin::Bridge);
     let sluice = world.side(Plugin::Sluice);
@@ -55,7 +60,8 @@ pub(super) fn breakdown(world: &World, n: usize) -> anyhow::Result<Vec<Step>> {
         Ok(out)
     })?;
     crate::check_interrupted()?;
-    let [create, attach, del_tcx, del_plain] = kernel_steps(world, sluice, n)?;
+    let [create, attach_tc, del_tc, attach_tcx, del_tcx, del_plain] =
+        kernel_steps(world, sluice, n)?;
     let summary = |v: &[f64]| Summary::of(v).expect("n > 0 samples");
     Ok(vec![
         Step {
@@ -84,13 +90,23 @@ pub(super) fn breakdown(world: &World, n: usize) -> anyhow::Result<Vec<Step>> {
             summary: summary(&create),
         },
         Step {
+            name: "tc attach from_pod + to_pod (clsact + two cls_bpf filters)",
+            note: "sluice's ADD (`tcAttach: tc`, the default)",
+            summary: summary(&attach_tc),
+        },
+        Step {
+            name: "veth delete, tc filters attached",
+            note: "sluice's DEL (`tcAttach: tc`)",
+            summary: summary(&del_tc),
+        },
+        Step {
             name: "TCX attach from_pod + to_pod (two BPF_LINK_CREATE)",
-            note: "sluice only",
-            summary: summary(&attach),
+            note: "sluice's ADD with `tcAttach: tcx`",
+            summary: summary(&attach_tcx),
         },
         Step {
             name: "veth delete, TCX programs attached",
-            note: "sluice's DEL",
+            note: "sluice's DEL with `tcAttach: tcx`",
             summary: summary(&del_tcx),
         },
         Step {
@@ -103,9 +119,10 @@ pub(super) fn breakdown(world: &World, n: usize) -> anyhow::Result<Vec<Step>> {
 
 /// Times the kernel side of the plumbing in sluice's node namespace: a
 /// veth pair created with its peer in a pod namespace, sluice's two pinned
-/// programs attached with TCX as the plugin attaches them, and the veth
-/// deleted with and without them.
-fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64>; 4]> {
+/// programs attached as the plugin attaches them (cls_bpf filters in a
+/// `clsact` qdisc, and TCX links), and the veth deleted with either and
+/// without programs.
+fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64>; 6]> {
     const HOST: &str = "bench-h0";
     const PEER: &str = "bench-p0";
     let pod_fd = side.pods[0].fd().as_raw_fd();
@@ -158,10 +175,36 @@ fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64
                 .context("opening the pinned from_pod")?;
             let mut to_pod = SchedClassifier::from_pin(progs.join("to_pod"))
                 .context("opening the pinned to_pod")?;
-            let mut out: [Vec<f64>; 4] = Default::default();
+            let mut out: [Vec<f64>; 6] = Default::default();
             for _ in 0..n {
                 crate::check_interrupted()?;
                 out[0].push(create().await?);
+                let started = Instant::now();
+                tc::qdisc_add_clsact(HOST).context("adding clsact")?;
+                let mut filters = Vec::new();
+                for (prog, direction) in [
+                    (&mut from_pod, TcAttachType::Ingress),
+                    (&mut to_pod, TcAttachType::Egress),
+                ] {
+                    let id = prog
+                        .attach_with_options(
+                            HOST,
+                            direction,
+                            TcAttachOptions::Netlink(NlOptions {
+                                priority: TC_FILTER_PRIORITY,
+                                handle: TcHandle::from(TC_FILTER_HANDLE),
+                                ..Default::default()
+                            }),
+                        )
+                        .with_context(|| format!("tc {direction:?} attach"))?;
+                    filters.push(prog.take_link(id)?);
+                }
+                out[1].push(started.elapsed().as_secs_f64() * 1000.0);
+                out[2].push(delete().await?);
+                // The filters went with the veth; dropping aya's handles of
+                // them (a detach that finds nothing) costs nothing.
+                drop(filters);
+                create().await?;
                 let started = Instant::now();
                 let mut links = Vec::new();
                 for (prog, direction) in [
@@ -177,13 +220,13 @@ fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64
                         .with_context(|| format!("TCX {direction:?} attach"))?;
                     links.push(prog.take_link(id)?);
                 }
-                out[1].push(started.elapsed().as_secs_f64() * 1000.0);
+                out[3].push(started.elapsed().as_secs_f64() * 1000.0);
                 // As the plugin's DEL: the veth goes first, then the links
                 // (defunct by then, so releasing them costs nothing).
-                out[2].push(delete().await?);
+                out[4].push(delete().await?);
                 drop(links);
                 create().await?;
-                out[3].push(delete().await?);
+                out[5].push(delete().await?);
             }
             connection.abort();
             Ok(out)

@@ -217,7 +217,7 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- Config: bridge `{BRIDGE}`, `isGateway`, host-local `{SUBNET}`, cniVersion {CNI_VERSION}; sluice gets the same with `\"type\": \"sluice\"` plus `bpffsDir`/`stateDir`/`agentSocket`; each its own `ipam.dataDir` and node netns, one pod netns per container; DEL carries the ADD result as `prevResult`. `sluice-agent` runs with the same state dir and socket (programs pinned); with `waitForPolicy` off, as here, ADD notifies it without waiting"
+            "- Config: bridge `{BRIDGE}`, `isGateway`, host-local `{SUBNET}`, cniVersion {CNI_VERSION}; sluice gets the same with `\"type\": \"sluice\"` plus `bpffsDir`/`stateDir`/`agentSocket` (and the default `tcAttach`, `tc`: cls_bpf filters); each its own `ipam.dataDir` and node netns, one pod netns per container; DEL carries the ADD result as `prevResult`. `sluice-agent` runs with the same state dir and socket (programs pinned); with `waitForPolicy` off, as here, ADD notifies it without waiting"
         );
         let _ = writeln!(
             md,
