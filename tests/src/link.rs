@@ -161,11 +161,24 @@ pub fn xdp_attached(ns: &Netns, ifname: &str) -> anyhow::Result<Option<XdpAttach
     bail!("the kernel reported no IFLA_XDP for {ifname}")
 }
 
-/// The programs on `ifname`'s tc hooks in `ns`, as `"<how> <hook> <name>"`
-/// (e.g. `"tc ingress from_pod"`, `"tcx egress to_pod"`): TCX programs and
-/// cls_bpf filters of `clsact` alike, so a test sees how Sluice attached
-/// a pod whichever `tcAttach` it used.
-pub fn tc_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<String>> {
+/// A program on a tc hook of a link: a TCX program or a cls_bpf filter of
+/// `clsact`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcProgram {
+    /// `"tcx"` or `"tc"`.
+    pub how: &'static str,
+    /// `"ingress"` or `"egress"`.
+    pub hook: &'static str,
+    /// The program's name (a filter's, as attached).
+    pub name: String,
+    /// The program's id.
+    pub id: u32,
+}
+
+/// Every program on `ifname`'s tc hooks in `ns`, TCX programs and cls_bpf
+/// filters alike, so a test sees how Sluice attached a pod whichever
+/// `tcAttach` it used.
+pub fn tc_hook_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<TcProgram>> {
     use aya::programs::{SchedClassifier, TcAttachType};
     use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
     let mut out = Vec::new();
@@ -178,12 +191,17 @@ pub fn tc_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<String>> {
                 .with_context(|| format!("querying TCX {hook} of {ifname}"))
         })?;
         for prog in progs {
-            out.push(format!("tcx {hook} {}", prog.name_as_str().unwrap_or("")));
+            out.push(TcProgram {
+                how: "tcx",
+                hook,
+                name: prog.name_as_str().unwrap_or("").to_owned(),
+                id: prog.id(),
+            });
         }
     }
     let index = ifindex(ns, ifname)? as i32;
     let filters = ns.netlink(|handle| async move {
-        let mut names = Vec::new();
+        let mut found = Vec::new();
         for hook in ["ingress", "egress"] {
             let request = handle.traffic_filter(index).get();
             let request = if hook == "ingress" {
@@ -194,21 +212,43 @@ pub fn tc_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<String>> {
             let mut replies = request.execute();
             // No clsact qdisc: the kernel refuses the dump; nothing there.
             while let Ok(Some(filter)) = replies.try_next().await {
+                let (mut name, mut id) = (None, None);
                 for attr in &filter.attributes {
                     if let TcAttribute::Options(opts) = attr {
                         for opt in opts {
-                            if let TcOption::Bpf(TcFilterBpfOption::ProgName(name)) = opt {
-                                names.push(format!("tc {hook} {name}"));
+                            match opt {
+                                TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
+                                    name = Some(n.clone())
+                                }
+                                TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                                _ => {}
                             }
                         }
                     }
                 }
+                if let (Some(name), Some(id)) = (name, id) {
+                    found.push(TcProgram {
+                        how: "tc",
+                        hook,
+                        name,
+                        id,
+                    });
+                }
             }
         }
-        Ok(names)
+        Ok(found)
     })?;
     out.extend(filters);
     Ok(out)
+}
+
+/// [`tc_hook_programs`] as `"<how> <hook> <name>"` (e.g.
+/// `"tc ingress from_pod"`, `"tcx egress to_pod"`).
+pub fn tc_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<String>> {
+    Ok(tc_hook_programs(ns, ifname)?
+        .into_iter()
+        .map(|p| format!("{} {} {}", p.how, p.hook, p.name))
+        .collect())
 }
 
 /// Names of every link in `ns`.

@@ -552,29 +552,20 @@ impl PolicyWorld {
             ProgramInfo::from_pin(layout.prog(PROG_FROM_POD))?.id(),
             ProgramInfo::from_pin(layout.prog(PROG_TO_POD))?.id(),
         ];
-        let veths: Vec<String> = self.pods.iter().map(|p| p.host_veth.clone()).collect();
-        let attached = self.node.run(move || {
-            let mut out = Vec::new();
-            for veth in &veths {
-                let mut ids = Vec::new();
-                for t in [
-                    aya::programs::TcAttachType::Ingress,
-                    aya::programs::TcAttachType::Egress,
-                ] {
-                    let (_, progs) = SchedClassifier::query_tcx(veth, t)
-                        .with_context(|| format!("querying TCX on {veth}"))?;
-                    ids.push(progs.iter().map(|p| p.id()).collect::<Vec<_>>());
-                }
-                out.push((veth.clone(), ids));
-            }
-            Ok(out)
-        })?;
-        for (veth, ids) in attached {
+        for pod in &self.pods {
+            let veth = &pod.host_veth;
+            let progs = crate::link::tc_hook_programs(&self.node, veth)?;
+            let ids = |hook: &str| -> Vec<u32> {
+                progs
+                    .iter()
+                    .filter(|p| p.hook == hook)
+                    .map(|p| p.id)
+                    .collect()
+            };
+            let (ingress, egress) = (ids("ingress"), ids("egress"));
             ensure!(
-                ids[0].contains(&pinned[0]) && ids[1].contains(&pinned[1]),
-                "{veth}: TCX ingress {:?} / egress {:?} are not the pinned from_pod {} / to_pod {}",
-                ids[0],
-                ids[1],
+                ingress.contains(&pinned[0]) && egress.contains(&pinned[1]),
+                "{veth}: ingress {ingress:?} / egress {egress:?} are not the pinned from_pod {} / to_pod {}",
                 pinned[0],
                 pinned[1]
             );
