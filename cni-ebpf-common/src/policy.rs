@@ -163,7 +163,10 @@ pub struct CtEntry {
     pub packets_forward: u64,
     /// Packets seen in the reply direction.
     pub packets_reply: u64,
-    /// `bpf_ktime_get_ns()` of the last packet.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at jiffy resolution)
+    /// of the last packet: the precise clock costs a clock-source read on
+    /// every packet of every tracked flow, for a value nobody needs to the
+    /// nanosecond.
     pub last_seen_ns: u64,
 }
 

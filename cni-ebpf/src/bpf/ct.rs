@@ -6,7 +6,7 @@
 //!
 //! Entries leave by LRU eviction; there is no TCP state machine yet.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use cni_ebpf_common::policy::{CtEntry, CtKey};
 
 use cni_ebpf_common::prefilter::FAMILY_IPV4;
@@ -71,7 +71,7 @@ pub fn lookup(key: &mut CtKey, revision: u32) -> Tracked {
         // SAFETY: a value pointer from this map, valid during this run.
         unsafe {
             (*entry).packets_forward += 1;
-            (*entry).last_seen_ns = bpf_ktime_get_ns();
+            (*entry).last_seen_ns = bpf_ktime_get_coarse_ns();
             if (*entry).revision == revision {
                 return Tracked::Current;
             }
@@ -83,7 +83,7 @@ pub fn lookup(key: &mut CtKey, revision: u32) -> Tracked {
         // SAFETY: as above.
         unsafe {
             (*entry).packets_reply += 1;
-            (*entry).last_seen_ns = bpf_ktime_get_ns();
+            (*entry).last_seen_ns = bpf_ktime_get_coarse_ns();
             if (*entry).revision == revision {
                 return Tracked::Current;
             }
@@ -188,7 +188,7 @@ pub fn allow(key: &CtKey, revision: u32, tracked: &Tracked) {
         packets_forward: 1,
         packets_reply: 0,
         // SAFETY: a helper without arguments.
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
     };
     // A full LRU evicts the least recent flow; insertion does not fail then.
     let _ = CT.insert(key, entry, 0);
