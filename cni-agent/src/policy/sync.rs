@@ -899,8 +899,12 @@ impl Engine {
         let wants_sync = batch.iter().any(|e| e.request == Request::Sync);
         let mut source_result: Result<bool, String> = Ok(false);
         let mut load_micros = 0;
-        let previous_cluster = self.cluster.clone();
+        // Kept only when the source reloads (the objects are shared, so
+        // this copies indexes): a new source that does not compile falls
+        // back to it. Not on every tick: the timer calls this twice a second.
+        let mut previous_cluster = None;
         if wants_sync || self.source_changed_on_disk() {
+            previous_cluster = self.cluster.clone();
             let started = Instant::now();
             source_result = self.reload_source();
             load_micros = started.elapsed().as_micros() as u64;
