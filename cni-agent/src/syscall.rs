@@ -1,4 +1,5 @@
-//! The few `bpf(2)` queries aya 0.14 does not expose.
+//! The few `bpf(2)` commands aya 0.14 does not expose: link queries and
+//! detach, and batched map updates and deletes.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -134,4 +135,138 @@ pub fn detach_pinned_link(path: &std::path::Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// The kernel's internal "not supported" (`ENOTSUPP`), which `bpf(2)`
+/// returns as is for a map type without batch operations.
+const ENOTSUPP: i32 = 524;
+
+/// `union bpf_attr` for the `BPF_MAP_*_BATCH` commands (its `batch` member).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    /// In: elements in `keys`/`values`; out: elements processed.
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// A batch operation that stopped before the end.
+#[derive(Debug)]
+pub struct BatchError {
+    /// Elements processed (the first `done` of the input), all of them
+    /// successfully.
+    pub done: usize,
+    /// Why element `done` was not: the error a single-element call would
+    /// have returned for it.
+    pub error: std::io::Error,
+}
+
+impl BatchError {
+    /// Whether the kernel has no batch operation for this map (nothing
+    /// was processed; single-element calls work).
+    pub fn unsupported(&self) -> bool {
+        self.done == 0
+            && matches!(
+                self.error.raw_os_error(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+            )
+    }
+}
+
+/// One `BPF_MAP_*_BATCH` call over `count` elements from `keys` (and
+/// `values`).
+fn map_batch(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    keys: *const u8,
+    values: *const u8,
+    count: usize,
+) -> Result<(), BatchError> {
+    let Ok(n) = u32::try_from(count) else {
+        return Err(BatchError {
+            done: 0,
+            error: std::io::Error::from_raw_os_error(libc::E2BIG),
+        });
+    };
+    let mut attr = BatchAttr {
+        keys: keys as u64,
+        values: values as u64,
+        count: n,
+        map_fd: map.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: attr lives across the call; keys (and values) point to
+    // `count` elements of the map's key (value) size, which the caller's
+    // typed slices guarantee; the kernel only reads them.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if ret < 0 {
+        let error = std::io::Error::last_os_error();
+        // The generic batch loop writes back how many elements it
+        // processed; an error before the loop (no batch operation for the
+        // map type, bad attributes) leaves `count` as given: nothing done.
+        let done = if attr.count < n {
+            attr.count as usize
+        } else {
+            0
+        };
+        return Err(BatchError { done, error });
+    }
+    Ok(())
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (Linux 5.6): writes `keys[i] → values[i]` with
+/// `BPF_ANY`, in order, in one system call. The kernel applies the
+/// elements one after another exactly as single updates would (a reader
+/// sees each element change atomically, and the earlier ones in place
+/// before the later ones); the batch saves the system call per element.
+///
+/// `K` and `V` must be the map's key and value types (their sizes are the
+/// map's: aya's typed maps check that on open). Not for per-CPU maps.
+pub fn map_update_batch<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    map_batch(
+        BPF_MAP_UPDATE_BATCH,
+        map,
+        keys.as_ptr().cast(),
+        values.as_ptr().cast(),
+        keys.len(),
+    )
+}
+
+/// `BPF_MAP_DELETE_BATCH` (Linux 5.6): deletes `keys`, in order, in one
+/// system call. A missing key stops the batch with `ENOENT` at that key
+/// (the caller decides whether that matters and resumes after it).
+pub fn map_delete_batch<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    map_batch(
+        BPF_MAP_DELETE_BATCH,
+        map,
+        keys.as_ptr().cast(),
+        std::ptr::null(),
+        keys.len(),
+    )
 }

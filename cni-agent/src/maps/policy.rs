@@ -21,6 +21,13 @@
 //! 5. `POLICY_CONFIG`: the new revision (and the enforcement switch).
 //!    Conntrack entries of older revisions are checked again from here on.
 //!
+//! `POLICY` and `POLICY_PORT_RANGES` are written and pruned in batches
+//! (`BPF_MAP_UPDATE_BATCH`/`BPF_MAP_DELETE_BATCH`: one `bpf(2)` call per
+//! map instead of one per entry, the main cost of a large sync). The kernel
+//! applies a batch element by element, in order, each element atomically,
+//! exactly as the single calls would, so the steps keep their order and
+//! their meaning.
+//!
 //! Hence no flow both policies allow is ever denied. The revision moves
 //! last, not before the deletions: a flow checked again between the bump
 //! and the deletions would pass on an entry about to go and be stamped
@@ -32,14 +39,20 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
+    fmt::Debug,
+    hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use aya::maps::{
-    lpm_trie::{Key, LpmTrie},
-    Array, HashMap, MapData, MapError,
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, IterableMap as _, MapData, MapError,
+    },
+    Pod,
 };
 use cni_ebpf_common::{
     maps::{
@@ -59,6 +72,7 @@ use super::open_pinned;
 use crate::{
     bpffs::PinLayout,
     policy::{ports::PortRange, Compiled},
+    syscall,
 };
 
 /// Everything the policy maps hold (but `POLICY_CONFIG`).
@@ -297,24 +311,10 @@ impl PolicyMaps {
         let mut report = ApplyReport::default();
 
         // 1. Entries.
-        for (k, v) in &desired.policy {
-            if current.policy.get(k) != Some(v) {
-                self.policy
-                    .insert(k, v, 0)
-                    .with_context(|| format!("writing POLICY {k:?}"))?;
-                current.policy.insert(*k, *v);
-                report.written += 1;
-            }
-        }
-        for (k, v) in &desired.ranges {
-            if current.ranges.get(k) != Some(v) {
-                self.ranges
-                    .insert(k, v, 0)
-                    .with_context(|| format!("writing POLICY_PORT_RANGES {k:?}"))?;
-                current.ranges.insert(*k, *v);
-                report.written += 1;
-            }
-        }
+        report.written += write_hash(&mut self.policy, &mut current.policy, &desired.policy)
+            .context("writing POLICY")?;
+        report.written += write_hash(&mut self.ranges, &mut current.ranges, &desired.ranges)
+            .context("writing POLICY_PORT_RANGES")?;
         // 2. Identities.
         for (net, id) in &desired.ipcache {
             if current.ipcache.get(net) != Some(id) {
@@ -359,35 +359,109 @@ impl PolicyMaps {
             current.ipcache.remove(&net);
             report.deleted += 1;
         }
-        let gone: Vec<PolicyKey> = current
-            .ranges
-            .keys()
-            .filter(|k| !desired.ranges.contains_key(k))
-            .copied()
-            .collect();
-        for k in gone {
-            ignore_missing(self.ranges.remove(&k))
-                .with_context(|| format!("deleting POLICY_PORT_RANGES {k:?}"))?;
-            current.ranges.remove(&k);
-            report.deleted += 1;
-        }
-        let gone: Vec<PolicyKey> = current
-            .policy
-            .keys()
-            .filter(|k| !desired.policy.contains_key(k))
-            .copied()
-            .collect();
-        for k in gone {
-            ignore_missing(self.policy.remove(&k))
-                .with_context(|| format!("deleting POLICY {k:?}"))?;
-            current.policy.remove(&k);
-            report.deleted += 1;
-        }
+        report.deleted += delete_hash(&mut self.ranges, &mut current.ranges, &desired.ranges)
+            .context("deleting from POLICY_PORT_RANGES")?;
+        report.deleted += delete_hash(&mut self.policy, &mut current.policy, &desired.policy)
+            .context("deleting from POLICY")?;
         // 5. The revision.
         self.set_config(config)?;
         report.duration = started.elapsed();
         Ok(report)
     }
+}
+
+/// Writes the entries of `desired` that `current` lacks or holds with
+/// another value into `map`, in one `BPF_MAP_UPDATE_BATCH` (a single
+/// `bpf(2)` call instead of one per entry: the kernel still updates them
+/// one by one, each atomically, so a reader sees exactly what the same
+/// single updates would show), and records them in `current`, also when
+/// the batch stops early. Returns how many it wrote.
+fn write_hash<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    current: &mut StdHashMap<K, V>,
+    desired: &StdHashMap<K, V>,
+) -> anyhow::Result<usize>
+where
+    K: Pod + Eq + Hash + Debug,
+    V: Pod + PartialEq,
+{
+    let (keys, values): (Vec<K>, Vec<V>) = desired
+        .iter()
+        .filter(|(k, v)| current.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .unzip();
+    let result = syscall::map_update_batch(map.map().fd().as_fd(), &keys, &values);
+    let done = match &result {
+        Ok(()) => keys.len(),
+        Err(e) => e.done,
+    };
+    current.extend(
+        keys[..done]
+            .iter()
+            .copied()
+            .zip(values[..done].iter().copied()),
+    );
+    match result {
+        Ok(()) => Ok(done),
+        Err(e) if e.unsupported() => {
+            // A kernel without batch operations for this map: one by one.
+            for (k, v) in keys.iter().zip(&values) {
+                map.insert(k, v, 0).with_context(|| format!("key {k:?}"))?;
+                current.insert(*k, *v);
+            }
+            Ok(keys.len())
+        }
+        Err(e) => Err(e.error).with_context(|| format!("key {:?}", keys[e.done])),
+    }
+}
+
+/// Deletes the entries of `current` that `desired` lacks from `map`, in
+/// `BPF_MAP_DELETE_BATCH` calls (an entry already gone is skipped, as
+/// [`ignore_missing`] does for single deletes), and from `current`.
+/// Returns how many it deleted.
+fn delete_hash<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    current: &mut StdHashMap<K, V>,
+    desired: &StdHashMap<K, V>,
+) -> anyhow::Result<usize>
+where
+    K: Pod + Eq + Hash + Debug,
+    V: Pod,
+{
+    let gone: Vec<K> = current
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect();
+    let mut next = 0;
+    while next < gone.len() {
+        let result = syscall::map_delete_batch(map.map().fd().as_fd(), &gone[next..]);
+        let done = match &result {
+            Ok(()) => gone.len() - next,
+            Err(e) => e.done,
+        };
+        for k in &gone[next..next + done] {
+            current.remove(k);
+        }
+        next += done;
+        match result {
+            Ok(()) => {}
+            Err(e) if e.error.raw_os_error() == Some(libc::ENOENT) => {
+                // Already gone: skip it, go on with the rest.
+                current.remove(&gone[next]);
+                next += 1;
+            }
+            Err(e) if e.unsupported() => {
+                for k in &gone[next..] {
+                    ignore_missing(map.remove(k)).with_context(|| format!("key {k:?}"))?;
+                    current.remove(k);
+                }
+                next = gone.len();
+            }
+            Err(e) => return Err(e.error).with_context(|| format!("key {:?}", gone[next])),
+        }
+    }
+    Ok(gone.len())
 }
 
 /// Every `ENDPOINTS` entry: (address, value).

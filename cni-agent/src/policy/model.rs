@@ -26,6 +26,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -1092,11 +1093,15 @@ fn check_dns_subdomain(s: &str) -> Result<(), String> {
 /// API server does); entering a pod or policy without a namespace puts it in
 /// `default`. A pod or policy whose namespace is not (yet) known is kept: its
 /// namespace then has only the `kubernetes.io/metadata.name` label.
+///
+/// Objects are shared (`Arc`): a clone copies the indexes, not the objects,
+/// so the agent can keep the last good cluster beside a new one and add
+/// the local pods it lacks without copying thousands of rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
-    namespaces: BTreeMap<String, Namespace>,
-    pods: BTreeMap<ObjectKey, Pod>,
-    policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    namespaces: BTreeMap<String, Arc<Namespace>>,
+    pods: BTreeMap<ObjectKey, Arc<Pod>>,
+    policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
 }
 
 impl Cluster {
@@ -1112,66 +1117,72 @@ impl Cluster {
         ns.metadata
             .labels
             .insert(METADATA_NAME_LABEL.to_owned(), name.clone());
-        self.namespaces.insert(name, ns)
+        self.namespaces
+            .insert(name, Arc::new(ns))
+            .map(Arc::unwrap_or_clone)
     }
 
     /// Adds or replaces a pod; returns the one replaced.
     pub fn insert_pod(&mut self, mut pod: Pod) -> Option<Pod> {
         let key = pod.key();
         pod.metadata.namespace = Some(key.namespace.clone());
-        self.pods.insert(key, pod)
+        self.pods
+            .insert(key, Arc::new(pod))
+            .map(Arc::unwrap_or_clone)
     }
 
     /// Adds or replaces a policy; returns the one replaced.
     pub fn insert_policy(&mut self, mut policy: NetworkPolicy) -> Option<NetworkPolicy> {
         let key = policy.key();
         policy.metadata.namespace = Some(key.namespace.clone());
-        self.policies.insert(key, policy)
+        self.policies
+            .insert(key, Arc::new(policy))
+            .map(Arc::unwrap_or_clone)
     }
 
     /// Removes a namespace (its pods and policies stay until removed).
     pub fn remove_namespace(&mut self, name: &str) -> Option<Namespace> {
-        self.namespaces.remove(name)
+        self.namespaces.remove(name).map(Arc::unwrap_or_clone)
     }
 
     /// Removes a pod.
     pub fn remove_pod(&mut self, key: &ObjectKey) -> Option<Pod> {
-        self.pods.remove(key)
+        self.pods.remove(key).map(Arc::unwrap_or_clone)
     }
 
     /// Removes a policy.
     pub fn remove_policy(&mut self, key: &ObjectKey) -> Option<NetworkPolicy> {
-        self.policies.remove(key)
+        self.policies.remove(key).map(Arc::unwrap_or_clone)
     }
 
     /// A namespace by name.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
-        self.namespaces.get(name)
+        self.namespaces.get(name).map(Arc::as_ref)
     }
 
     /// A pod by key.
     pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
-        self.pods.get(key)
+        self.pods.get(key).map(Arc::as_ref)
     }
 
     /// A policy by key.
     pub fn policy(&self, key: &ObjectKey) -> Option<&NetworkPolicy> {
-        self.policies.get(key)
+        self.policies.get(key).map(Arc::as_ref)
     }
 
     /// Namespaces, by name.
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
-        self.namespaces.values()
+        self.namespaces.values().map(Arc::as_ref)
     }
 
     /// Pods, by key.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.values()
+        self.pods.values().map(Arc::as_ref)
     }
 
     /// Policies, by key.
     pub fn policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
-        self.policies.values()
+        self.policies.values().map(Arc::as_ref)
     }
 
     /// The labels of a namespace; for one not (yet) known, just
@@ -1203,9 +1214,9 @@ struct ClusterWire {
 impl Serialize for Cluster {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         ClusterWire {
-            namespaces: self.namespaces.values().cloned().collect(),
-            pods: self.pods.values().cloned().collect(),
-            network_policies: self.policies.values().cloned().collect(),
+            namespaces: self.namespaces().cloned().collect(),
+            pods: self.pods().cloned().collect(),
+            network_policies: self.policies().cloned().collect(),
         }
         .serialize(s)
     }

@@ -160,20 +160,37 @@ impl std::fmt::Display for LabelSelector {
         if self.is_empty() {
             return f.write_str("<all>");
         }
-        let mut parts: Vec<String> = self
-            .match_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        for r in &self.match_expressions {
-            parts.push(match r.operator {
-                Operator::In => format!("{} in ({})", r.key, r.values.join(",")),
-                Operator::NotIn => format!("{} notin ({})", r.key, r.values.join(",")),
-                Operator::Exists => r.key.clone(),
-                Operator::DoesNotExist => format!("!{}", r.key),
-            });
+        // Straight into the formatter: the compiler describes every rule
+        // of every selecting policy on each sync.
+        let mut sep = "";
+        for (k, v) in &self.match_labels {
+            write!(f, "{sep}{k}={v}")?;
+            sep = ",";
         }
-        f.write_str(&parts.join(","))
+        for r in &self.match_expressions {
+            f.write_str(sep)?;
+            sep = ",";
+            match r.operator {
+                Operator::In | Operator::NotIn => {
+                    let op = if r.operator == Operator::In {
+                        "in"
+                    } else {
+                        "notin"
+                    };
+                    write!(f, "{} {op} (", r.key)?;
+                    for (i, v) in r.values.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(",")?;
+                        }
+                        f.write_str(v)?;
+                    }
+                    f.write_str(")")?;
+                }
+                Operator::Exists => f.write_str(&r.key)?,
+                Operator::DoesNotExist => write!(f, "!{}", r.key)?,
+            }
+        }
+        Ok(())
     }
 }
 

@@ -205,20 +205,7 @@ impl Snapshot {
 
     /// Writes it (tmp + rename).
     pub fn store(&self, state_dir: &Path) -> anyhow::Result<()> {
-        let path = snapshot_path(state_dir);
-        let dir = path.parent().unwrap_or(state_dir);
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join(format!(".{SNAPSHOT_FILE}.{}.tmp", std::process::id()));
-        {
-            let f =
-                fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
-            serde_json::to_writer(&mut w, self)?;
-            w.write_all(b"\n")?;
-            w.flush()
-                .with_context(|| format!("writing {}", tmp.display()))?;
-        }
-        fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))
+        store_json(state_dir, self)
     }
 
     /// The rule behind an index.
@@ -252,6 +239,71 @@ impl Snapshot {
             },
         }
     }
+}
+
+/// Writes a snapshot (tmp + rename).
+fn store_json(state_dir: &Path, snapshot: &impl Serialize) -> anyhow::Result<()> {
+    let path = snapshot_path(state_dir);
+    let dir = path.parent().unwrap_or(state_dir);
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{SNAPSHOT_FILE}.{}.tmp", std::process::id()));
+    {
+        let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        serde_json::to_writer(&mut w, snapshot)?;
+        w.write_all(b"\n")?;
+        w.flush()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))
+}
+
+/// The [`Snapshot`] a sync writes, borrowing the compile's rule table,
+/// identity table and warnings instead of copying them (10k rules are 50k
+/// strings); it serializes to the same JSON (`snapshot_out_is_a_snapshot`
+/// holds the two together).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SnapshotOut<'a> {
+    version: u32,
+    revision: u32,
+    synced_at: u64,
+    sync_micros: u64,
+    bpffs_dir: &'a Path,
+    source: String,
+    enforcing: bool,
+    allow_host: bool,
+    node_addresses: &'a [IpAddr],
+    identities: &'a IdentityTable,
+    identity_names: BTreeMap<u32, String>,
+    #[serde(serialize_with = "rules_out")]
+    rules: &'a [RuleInfo],
+    endpoints: Vec<SnapshotEndpoint>,
+    pods: BTreeMap<String, Vec<IpAddr>>,
+    warnings: &'a [String],
+}
+
+/// A [`SnapshotRule`], borrowed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SnapshotRuleOut<'a> {
+    index: u32,
+    policy: &'a ObjectKey,
+    direction: Direction,
+    rule: usize,
+    peers: &'a str,
+    ports: &'a str,
+}
+
+fn rules_out<S: serde::Serializer>(rules: &&[RuleInfo], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(rules.iter().enumerate().map(|(i, r)| SnapshotRuleOut {
+        index: i as u32 + 1,
+        policy: &r.policy,
+        direction: r.direction,
+        rule: r.rule,
+        peers: &r.peers,
+        ports: &r.ports,
+    }))
 }
 
 /// The node's own addresses as the agent sees them: every address of every
@@ -731,7 +783,7 @@ impl Engine {
         let micros = started.elapsed().as_micros() as u64;
         let snapshot_started = Instant::now();
         let snapshot = self.snapshot(&compiled, &cluster, &options, enforcing, micros);
-        if let Err(err) = snapshot.store(&self.config.state_dir) {
+        if let Err(err) = store_json(&self.config.state_dir, &snapshot) {
             tracing::warn!("{err:#}");
         }
         let snapshot_micros = snapshot_started.elapsed().as_micros() as u64;
@@ -764,14 +816,14 @@ impl Engine {
         Ok(report)
     }
 
-    fn snapshot(
-        &self,
-        compiled: &Compiled,
+    fn snapshot<'a>(
+        &'a self,
+        compiled: &'a Compiled,
         cluster: &Cluster,
-        options: &CompileOptions,
+        options: &'a CompileOptions,
         enforcing: bool,
         micros: u64,
-    ) -> Snapshot {
+    ) -> SnapshotOut<'a> {
         let mut identity_names: BTreeMap<u32, String> = compiled
             .identities
             .iter()
@@ -780,19 +832,6 @@ impl Engine {
         for id in [0, 1, 2] {
             identity_names.insert(id, compiled.describe_identity(id));
         }
-        let rules = compiled
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| SnapshotRule {
-                index: i as u32 + 1,
-                policy: r.policy.clone(),
-                direction: r.direction.to_string(),
-                rule: r.rule,
-                peers: r.peers.clone(),
-                ports: r.ports.clone(),
-            })
-            .collect();
         let mut pods: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for pod in cluster.pods() {
             let ips = pod.status_ips();
@@ -830,22 +869,22 @@ impl Engine {
                 }
             })
             .collect();
-        Snapshot {
+        SnapshotOut {
             version: SNAPSHOT_VERSION,
             revision: self.config_value.revision,
             synced_at: now_secs(),
             sync_micros: micros,
-            bpffs_dir: self.config.layout.root().to_owned(),
+            bpffs_dir: self.config.layout.root(),
             source: self.config.source.describe(),
             enforcing,
             allow_host: options.allow_host,
-            node_addresses: options.node_ips.clone(),
-            identities: compiled.identities.clone(),
+            node_addresses: &options.node_ips,
+            identities: &compiled.identities,
             identity_names,
-            rules,
+            rules: &compiled.rules,
             endpoints,
             pods,
-            warnings: compiled.warnings.clone(),
+            warnings: &compiled.warnings,
         }
     }
 
@@ -899,8 +938,12 @@ impl Engine {
         let wants_sync = batch.iter().any(|e| e.request == Request::Sync);
         let mut source_result: Result<bool, String> = Ok(false);
         let mut load_micros = 0;
-        let previous_cluster = self.cluster.clone();
+        // Kept only when the source reloads (the objects are shared, so
+        // this copies indexes): a new source that does not compile falls
+        // back to it. Not on every tick: the timer calls this twice a second.
+        let mut previous_cluster = None;
         if wants_sync || self.source_changed_on_disk() {
+            previous_cluster = self.cluster.clone();
             let started = Instant::now();
             source_result = self.reload_source();
             load_micros = started.elapsed().as_micros() as u64;
@@ -1021,5 +1064,62 @@ impl Engine {
             }
             self.handle(batch);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{
+        compile::LocalEndpoint, model::NetworkPolicy, IdentityTable, ObjectKey, Pod,
+    };
+
+    /// What a sync writes reads back as a [`Snapshot`] and writes again to
+    /// the same JSON: the borrowed form has the owned form's fields, names
+    /// and encodings, nothing more or less.
+    #[test]
+    fn snapshot_out_is_a_snapshot() {
+        let mut c = Cluster::new();
+        c.insert_pod(Pod::new("ns", "a", [("app", "a")]));
+        let policy: NetworkPolicy = serde_yaml::from_str(
+            "metadata: {name: p, namespace: ns}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}, {podSelector: {matchLabels: {app: a}}}]\n    ports: [{port: 80}, {protocol: UDP, port: 53, endPort: 60}]\n  egress:\n  - {}\n",
+        )
+        .unwrap();
+        c.insert_policy(policy);
+        let endpoints = vec![LocalEndpoint {
+            endpoint_id: 7,
+            pod: Some(ObjectKey::new("ns", "a")),
+            ips: vec!["10.2.0.5".parse().unwrap()],
+        }];
+        let options = CompileOptions {
+            node_ips: vec!["192.0.2.1".parse().unwrap()],
+            ..CompileOptions::default()
+        };
+        let compiled = compile(&c, &endpoints, &options, &IdentityTable::new(), 3).unwrap();
+        assert_eq!(compiled.rules.len(), 2);
+        let out = SnapshotOut {
+            version: SNAPSHOT_VERSION,
+            revision: 3,
+            synced_at: 1,
+            sync_micros: 2,
+            bpffs_dir: Path::new("/sys/fs/bpf/x"),
+            source: "none".into(),
+            enforcing: true,
+            allow_host: true,
+            node_addresses: &options.node_ips,
+            identities: &compiled.identities,
+            identity_names: BTreeMap::from([(1, "host".to_owned())]),
+            rules: &compiled.rules,
+            endpoints: Vec::new(),
+            pods: BTreeMap::from([("ns/a".to_owned(), endpoints[0].ips.clone())]),
+            warnings: &["w".to_owned()],
+        };
+        let json = serde_json::to_value(&out).unwrap();
+        let back: Snapshot = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(back.rules[1].direction, "egress");
+        assert_eq!(back.rules[0].to_rule_info(), compiled.rules[0]);
+        assert_eq!(back.rule(2).unwrap().to_rule_info(), compiled.rules[1]);
+        assert_eq!(back.identities, compiled.identities);
     }
 }
