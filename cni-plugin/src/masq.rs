@@ -131,6 +131,10 @@ pub struct MasqRule {
     pub comment: String,
 }
 
+/// How often a rule dump interrupted by concurrent changes is started over
+/// (each attempt is one short dump; 16 parallel ADD/DELs interrupt a few).
+const DUMP_ATTEMPTS: usize = 32;
+
 /// The comment prefix of an endpoint's rules.
 pub fn comment_prefix(endpoint_id: u64) -> String {
     format!("sluice {endpoint_id:016x} ")
@@ -401,8 +405,15 @@ impl Nft {
     }
 
     /// Dumps the rules of the chain (empty when table or chain is missing).
+    /// A dump that a concurrent change interrupted is started over: the
+    /// kernel flags only the message where it noticed the change (it then
+    /// takes the new generation as the reference), so the flag must be
+    /// remembered until the end of the dump; a list taken from such a dump
+    /// can miss rules, which once made CHECK report a live pod's rule
+    /// missing and DEL leave an emptied table behind under 16 parallel
+    /// ADD/DELs.
     fn rules(&mut self) -> CniResult<Vec<MasqRule>> {
-        'retry: for _ in 0..8 {
+        'retry: for _ in 0..DUMP_ATTEMPTS {
             let mut attrs = Vec::new();
             put_str(&mut attrs, NFTA_RULE_TABLE, TABLE);
             put_str(&mut attrs, NFTA_RULE_CHAIN, CHAIN);
@@ -419,20 +430,17 @@ impl Nft {
                 .send(&req, 0)
                 .map_err(|e| CniError::kernel(format!("nftables: sending GETRULE: {e}")))?;
             let mut out = Vec::new();
+            let mut interrupted = false;
             loop {
                 let data = self.recv()?;
                 for (kind, flags, mseq, body) in parse_messages(&data) {
                     if mseq != seq {
                         continue;
                     }
-                    if flags & NLM_F_DUMP_INTR != 0 {
-                        // Drain this dump, then start over.
-                        if kind == NLMSG_DONE {
-                            continue 'retry;
-                        }
-                        continue;
-                    }
+                    interrupted |= flags & NLM_F_DUMP_INTR != 0;
                     match kind {
+                        // Drained; start over if anything changed meanwhile.
+                        NLMSG_DONE if interrupted => continue 'retry,
                         NLMSG_DONE => return Ok(out),
                         NLMSG_ERROR => {
                             let code = if body.len() >= 4 {
@@ -458,9 +466,9 @@ impl Nft {
                 }
             }
         }
-        Err(CniError::kernel(
-            "nftables: rule dump interrupted by concurrent changes 8 times",
-        ))
+        Err(CniError::kernel(format!(
+            "nftables: rule dump interrupted by concurrent changes {DUMP_ATTEMPTS} times"
+        )))
     }
 }
 

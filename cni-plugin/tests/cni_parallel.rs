@@ -74,8 +74,10 @@ fn two_hundred_add_del_cycles_sixteen_at_a_time() {
                             let check = world.check(&cid, pod, conf, &result);
                             if !check.success {
                                 failures.push(format!(
-                                    "CHECK {cid}: {}\n{}",
-                                    check.stdout, check.stderr
+                                    "CHECK {cid}: {}\n{}\nmasquerade rules now: {:?}",
+                                    check.stdout,
+                                    check.stderr,
+                                    world.masq_rules()
                                 ));
                             }
                         }

@@ -47,6 +47,12 @@ pub const TC_ACT_REDIRECT: u32 = 7;
 /// Packets and bytes per reason code.
 pub type Reasons = BTreeMap<u32, (u64, u64)>;
 
+/// The device BPF_PROG_TEST_RUN runs a tc program on when no context names
+/// one: the loopback device, index 1 in every namespace. The harness's
+/// endpoints live "behind" it, so `from_pod` takes their packets as sent
+/// from their own veth.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// Reasons whose counters changed from `before` to `after`, and by how much.
 pub fn delta(before: &Reasons, after: &Reasons) -> Reasons {
     after
@@ -206,8 +212,17 @@ impl Datapath {
 
     /// [`Datapath::add_endpoint`] with `ENDPOINT_F_*` `flags`.
     pub fn add_endpoint_with_flags(&self, addr: IpAddr, endpoint_id: u64, flags: u32) {
+        self.add_endpoint_on(addr, endpoint_id, flags, LOOPBACK_IFINDEX);
+    }
+
+    /// [`Datapath::add_endpoint_with_flags`] for a pod behind the veth with
+    /// index `ifindex`. `from_pod` accepts an endpoint's address only from
+    /// its own veth, and BPF_PROG_TEST_RUN runs a tc program on the
+    /// loopback device ([`LOOPBACK_IFINDEX`]): an endpoint elsewhere is a
+    /// spoofed source for [`Datapath::try_run`].
+    pub fn add_endpoint_on(&self, addr: IpAddr, endpoint_id: u64, flags: u32, ifindex: u32) {
         let info = EndpointInfo {
-            ifindex: 7,
+            ifindex,
             flags,
             mac: crate::frames::SRC_MAC,
             host_mac: [0; 6],

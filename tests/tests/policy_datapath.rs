@@ -499,6 +499,13 @@ fn spoofed_sources_are_dropped_when_enforcing() {
             node.run_from_pod(&Flow::new(net.remote, net.b, l4, 80), spoofed);
             node.run_from_pod(&Flow::new(net.world, net.remote, l4, 80), spoofed);
         }
+        // The address of a local pod behind another veth (index 7 here;
+        // the test's packets arrive on loopback, A's "veth").
+        node.dp.add_endpoint_on(net.b, EP_B, 0, 7);
+        for l4 in L4S {
+            node.run_from_pod(&Flow::new(net.b, net.remote, l4, 80), spoofed);
+        }
+        node.dp.add_endpoint(net.b, EP_B);
         // A's own address passes until the endpoint leaves.
         node.run_from_pod(
             &Flow::new(net.a, net.remote, L4::Tcp, 80),

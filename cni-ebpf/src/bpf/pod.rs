@@ -175,6 +175,13 @@ fn finish_from_pod(
 }
 
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
+    // Read first and volatile: the verifier accepts a context field only as
+    // a load at a constant offset from the context pointer itself, and
+    // without this the compiler may keep `ctx + offset` in a register and
+    // load from it later.
+    // SAFETY: a field of the program's context.
+    let ingress_ifindex =
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx.skb.skb).ifindex)) };
     pull_headers(ctx);
     // skb->len, not data_end - data: the linear part may hold only the
     // headers of a large GSO packet.
@@ -194,7 +201,12 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     if is_neighbor_discovery(&packet) {
         return finish(Reason::FROM_POD_PASS_NEIGHBOR_DISCOVERY, bytes);
     }
-    let Some(src) = endpoint(packet.family, &packet.src) else {
+    // The source must be an address of the pod behind *this* veth: a pod
+    // sending with another local pod's address would otherwise be judged,
+    // tracked and forwarded as that pod.
+    let Some(src) =
+        endpoint(packet.family, &packet.src).filter(|src| src.ifindex == ingress_ifindex)
+    else {
         let reason = if enforce {
             Reason::FROM_POD_DROP_SPOOFED
         } else {

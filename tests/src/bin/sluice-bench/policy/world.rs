@@ -564,10 +564,8 @@ struct Sink {
 impl Sink {
     fn start(ns: &Netns, port: u16) -> anyhow::Result<Self> {
         let listener = Arc::new(ns.run(move || {
-            let listener = TcpListener::bind(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                port,
-            ))?;
+            let listener =
+                TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))?;
             // std listens with a backlog of 128. At 20k+ connections/s an
             // accept thread that loses its CPU for a few ms overflows it,
             // the kernel drops the SYN, and the client's retransmission
