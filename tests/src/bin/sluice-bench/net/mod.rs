@@ -60,17 +60,19 @@ pub enum PathId {
     HostRouted,
     BridgeRef,
     SluiceRouted,
+    SluiceRoutedTcx,
     SluiceLegacy,
     SluiceBridge,
     SluiceRoutedXdp,
 }
 
 impl PathId {
-    pub const ALL: [PathId; 7] = [
+    pub const ALL: [PathId; 8] = [
         Self::Veth,
         Self::HostRouted,
         Self::BridgeRef,
         Self::SluiceRouted,
+        Self::SluiceRoutedTcx,
         Self::SluiceLegacy,
         Self::SluiceBridge,
         Self::SluiceRoutedXdp,
@@ -82,6 +84,7 @@ impl PathId {
             Self::HostRouted => "host-routed",
             Self::BridgeRef => "bridge-ref",
             Self::SluiceRouted => "sluice-routed",
+            Self::SluiceRoutedTcx => "sluice-routed-tcx",
             Self::SluiceLegacy => "sluice-routed-legacy",
             Self::SluiceBridge => "sluice-bridge",
             Self::SluiceRoutedXdp => "sluice-routed+xdp",
@@ -95,7 +98,12 @@ impl PathId {
                 "pods behind veths in a node netns, /32 routes, ip_forward=1, no BPF"
             }
             Self::BridgeRef => "reference bridge plugin + host-local (isGateway), two pods",
-            Self::SluiceRouted => "sluice routed mode, \"hostRouting\": \"ebpf\" (the default)",
+            Self::SluiceRouted => {
+                "sluice routed mode, \"hostRouting\": \"ebpf\" (the default), programs as tc filters (\"tcAttach\": \"tc\", the default)"
+            }
+            Self::SluiceRoutedTcx => {
+                "sluice-routed with the programs on TCX links (\"tcAttach\": \"tcx\")"
+            }
             Self::SluiceLegacy => "sluice routed mode, \"hostRouting\": \"legacy\" (host stack)",
             Self::SluiceBridge => {
                 "sluice \"mode\": \"bridge\" (isGateway; no hostRouting: the bridge forwards)"
@@ -199,7 +207,7 @@ pub struct Params {
 impl Params {
     pub fn new(quick: bool) -> Self {
         if quick {
-            // 7 paths x (2 + 2 + 1 + 1 s + process start-up) x 3 rounds:
+            // 8 paths x (2 + 2 + 1 + 1 s + process start-up) x 3 rounds:
             // about two and a half minutes with the setup.
             Self {
                 quick,
@@ -237,27 +245,31 @@ struct Worlds {
     host: Measured<HostRouted>,
     reference: Measured<PluginWorld>,
     routed: Measured<PluginWorld>,
+    routed_tcx: Measured<PluginWorld>,
     legacy: Measured<PluginWorld>,
     bridge: Measured<PluginWorld>,
 }
 
 impl Worlds {
     fn new(rr_bin: &Path) -> anyhow::Result<Self> {
-        let sluice = |subnet, bridge, host_routing| -> anyhow::Result<Measured<PluginWorld>> {
-            let world = PluginWorld::sluice(SluiceConf {
-                bridge,
-                host_routing,
-                subnet,
-            })?;
-            Measured::new(world, rr_bin)
-        };
+        let sluice =
+            |subnet, bridge, host_routing, tc_attach| -> anyhow::Result<Measured<PluginWorld>> {
+                let world = PluginWorld::sluice(SluiceConf {
+                    bridge,
+                    host_routing,
+                    tc_attach,
+                    subnet,
+                })?;
+                Measured::new(world, rr_bin)
+            };
         Ok(Self {
             veth: Measured::new(VethPair::new()?, rr_bin).context("veth")?,
             host: Measured::new(HostRouted::new()?, rr_bin).context("host-routed")?,
             reference: Measured::new(PluginWorld::reference()?, rr_bin).context("bridge-ref")?,
-            routed: sluice(4, false, Some("ebpf")).context("sluice-routed")?,
-            legacy: sluice(5, false, Some("legacy")).context("sluice-routed-legacy")?,
-            bridge: sluice(6, true, None).context("sluice-bridge")?,
+            routed: sluice(4, false, Some("ebpf"), None).context("sluice-routed")?,
+            routed_tcx: sluice(7, false, Some("ebpf"), Some("tcx")).context("sluice-routed-tcx")?,
+            legacy: sluice(5, false, Some("legacy"), None).context("sluice-routed-legacy")?,
+            bridge: sluice(6, true, None, None).context("sluice-bridge")?,
         })
     }
 
@@ -267,6 +279,7 @@ impl Worlds {
             PathId::HostRouted => &self.host.world,
             PathId::BridgeRef => &self.reference.world,
             PathId::SluiceRouted | PathId::SluiceRoutedXdp => &self.routed.world,
+            PathId::SluiceRoutedTcx => &self.routed_tcx.world,
             PathId::SluiceLegacy => &self.legacy.world,
             PathId::SluiceBridge => &self.bridge.world,
         }
@@ -279,6 +292,7 @@ impl Worlds {
             PathId::HostRouted => &mut self.host.servers,
             PathId::BridgeRef => &mut self.reference.servers,
             PathId::SluiceRouted | PathId::SluiceRoutedXdp => &mut self.routed.servers,
+            PathId::SluiceRoutedTcx => &mut self.routed_tcx.servers,
             PathId::SluiceLegacy => &mut self.legacy.servers,
             PathId::SluiceBridge => &mut self.bridge.servers,
         };
@@ -398,6 +412,7 @@ pub fn run(quick: bool, out: &Path, workspace: &Path) -> anyhow::Result<Vec<Rati
         worlds.routed.world.conf().clone(),
         worlds.legacy.world.conf().clone(),
         worlds.bridge.world.conf().clone(),
+        worlds.routed_tcx.world.conf().clone(),
     ];
     drop(worlds);
     let load = [load_before, measure::loadavg()];

@@ -57,6 +57,8 @@ pub struct SluiceConf {
     /// `"hostRouting"`: `"ebpf"` (the default) or `"legacy"`; `None` leaves
     /// it out (bridge mode refuses it: the bridge forwards there).
     pub host_routing: Option<&'static str>,
+    /// `"tcAttach"`: `"tc"` (the default) or `"tcx"`; `None` leaves it out.
+    pub tc_attach: Option<&'static str>,
     /// Third octet of the pod subnet `10.197.N.0/24`.
     pub subnet: u8,
 }
@@ -146,6 +148,9 @@ impl PluginWorld {
         });
         if let Some(routing) = c.host_routing {
             conf["hostRouting"] = routing.into();
+        }
+        if let Some(attach) = c.tc_attach {
+            conf["tcAttach"] = attach.into();
         }
         if c.bridge {
             conf["mode"] = "bridge".into();

@@ -44,8 +44,9 @@ const TARGETS: [(PathId, PathId, Metric, f64); 7] = [
     ),
 ];
 
-const SLUICE: [PathId; 3] = [
+const SLUICE: [PathId; 4] = [
     PathId::SluiceRouted,
+    PathId::SluiceRoutedTcx,
     PathId::SluiceLegacy,
     PathId::SluiceBridge,
 ];
@@ -94,7 +95,7 @@ pub(super) struct Report {
     /// The plugin logged `hostRouting` as an unknown key.
     pub(super) host_routing_ignored: bool,
     /// bridge-ref, sluice-routed, sluice-routed-legacy, sluice-bridge.
-    pub(super) confs: [Value; 4],
+    pub(super) confs: [Value; 5],
     /// Load averages before and after the run.
     pub(super) load: [String; 2],
     /// Cargo profile sluice-rr was built with (that of sluice-bench).
@@ -122,6 +123,7 @@ impl Report {
             pairs.extend(Metric::RATIOS.map(|m| (path, PathId::BridgeRef, m)));
         }
         pairs.extend(Metric::RATIOS.map(|m| (PathId::SluiceRoutedXdp, PathId::SluiceRouted, m)));
+        pairs.extend(Metric::RATIOS.map(|m| (PathId::SluiceRoutedTcx, PathId::SluiceRouted, m)));
         pairs
             .into_iter()
             .filter_map(|(path, baseline, metric)| {
@@ -247,6 +249,7 @@ impl Report {
                     "sluice-routed": self.confs[1],
                     "sluice-routed-legacy": self.confs[2],
                     "sluice-bridge": self.confs[3],
+                    "sluice-routed-tcx": self.confs[4],
                 },
             },
             "targets": {
