@@ -132,6 +132,8 @@ pub struct MatrixPod {
     pub ip: Ipv4Addr,
     /// The host side of its veth, in the node namespace.
     pub host_veth: String,
+    /// Its index there.
+    pub host_ifindex: u32,
     servers: Vec<Server>,
     /// Its network namespace.
     pub ns: Netns,
@@ -489,6 +491,7 @@ impl PolicyWorld {
             key: key.clone(),
             ip,
             host_veth: String::new(),
+            host_ifindex: 0,
             servers: Vec::new(),
             ns,
             cid,
@@ -519,6 +522,13 @@ impl PolicyWorld {
             .and_then(|i| i["name"].as_str())
             .unwrap_or_default()
             .to_owned();
+        pod.host_ifindex = match crate::link::ifindex(&self.node, &pod.host_veth) {
+            Ok(index) => index,
+            Err(e) => {
+                self.del_pod(&pod);
+                return Err(e.context(format!("the host veth of {key}")));
+            }
+        };
         for port in SERVED_PORTS {
             pod.servers.push(Server::tcp(&pod.ns, port)?);
             pod.servers.push(Server::udp(&pod.ns, port)?);
@@ -678,40 +688,63 @@ impl PolicyWorld {
         let tag = 0x5c7b_0000 | u32::from(sport);
         let init = sctp_frame(client, server, sport, port, 0, SCTP_INIT, tag);
         let init_ack = sctp_frame(server, client, port, sport, tag, SCTP_INIT_ACK, !tag);
-        let steps: [(&SchedClassifier, &[u8], &'static str); 4] = [
+        let veth_of = |ip: Ipv4Addr| -> anyhow::Result<u32> {
+            self.pods
+                .iter()
+                .find(|p| p.ip == ip)
+                .map(|p| p.host_ifindex)
+                .with_context(|| format!("no pod has {ip}"))
+        };
+        let (client_veth, server_veth) = (veth_of(client)?, veth_of(server)?);
+        // The device each run is "on" (`__sk_buff.ifindex`): from_pod takes
+        // a source address only from its own pod's veth.
+        let steps: [(&SchedClassifier, &[u8], u32, &'static str); 4] = [
             (
                 &progs.from_pod,
                 &init,
+                client_veth,
                 "from_pod on the client's veth (INIT)",
             ),
-            (&progs.to_pod, &init, "to_pod on the server's veth (INIT)"),
+            (
+                &progs.to_pod,
+                &init,
+                server_veth,
+                "to_pod on the server's veth (INIT)",
+            ),
             (
                 &progs.from_pod,
                 &init_ack,
+                server_veth,
                 "from_pod on the server's veth (INIT-ACK)",
             ),
             (
                 &progs.to_pod,
                 &init_ack,
+                client_veth,
                 "to_pod on the client's veth (INIT-ACK)",
             ),
         ];
-        for (prog, frame, step) in steps {
-            let result = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    repeat: 1,
-                    ..Default::default()
-                })
-                .with_context(|| format!("BPF_PROG_TEST_RUN of {step}"))?;
-            match result.return_value {
-                // Passed on to the stack, or (eBPF host routing) forwarded.
-                TCX_NEXT | TC_ACT_REDIRECT => {}
-                TC_ACT_SHOT => return Ok(Outcome::Shot(step)),
-                other => return Ok(Outcome::Error(format!("{step} returned {other}"))),
+        // The kernel resolves the ifindex in the caller's namespace.
+        self.node.run(|| {
+            for (prog, frame, ifindex, step) in steps {
+                let ctx = skb_ctx_on(ifindex);
+                let result = prog
+                    .test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        ctx_in: Some(&ctx),
+                        repeat: 1,
+                        ..Default::default()
+                    })
+                    .with_context(|| format!("BPF_PROG_TEST_RUN of {step}"))?;
+                match result.return_value {
+                    // Passed on to the stack, or (eBPF host routing) forwarded.
+                    TCX_NEXT | TC_ACT_REDIRECT => {}
+                    TC_ACT_SHOT => return Ok(Outcome::Shot(step)),
+                    other => return Ok(Outcome::Error(format!("{step} returned {other}"))),
+                }
             }
-        }
-        Ok(Outcome::Allowed)
+            Ok(Outcome::Allowed)
+        })
     }
 
     /// A TCP connection attempt from pod `from` to pod `to`:`port`.
@@ -954,4 +987,14 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
+}
+
+/// A `struct __sk_buff` for BPF_PROG_TEST_RUN's `ctx_in` that puts the
+/// packet on device `ifindex` (`__sk_buff.ifindex`, at offset 40; every
+/// other field zero, as the kernel requires of the fields it does not
+/// take).
+fn skb_ctx_on(ifindex: u32) -> [u8; 44] {
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
 }
