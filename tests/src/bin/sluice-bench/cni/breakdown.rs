@@ -6,7 +6,7 @@ use std::{os::fd::AsRawFd as _, path::Path, time::Instant};
 use anyhow::Context as _;
 use aya::programs::{
     links::LinkOrder,
-    tc::{self, NlOptions, TcAttachOptions, TcHandle},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     SchedClassifier, TcAttachType,
 };
 use cni_ebpf_common::maps::{TC_FILTER_HANDLE, TC_FILTER_PRIORITY};
@@ -19,6 +19,10 @@ use serde_json::json;
 
 use super::{invoke, Plugin, Side, World, CNI_VERSION, REFERENCE_DIR, SUBNET};
 use crate::stats::Summary;
+
+/// The host end of the veth the kernel steps are timed on (in sluice's
+/// node namespace, the bench's own).
+const HOST: &str = "bench-h0";
 
 /// One step of the breakdown.
 pub(super) struct Step {
@@ -123,7 +127,6 @@ pub(super) fn breakdown(world: &World, n: usize) -> anyhow::Result<Vec<Step>> {
 /// `clsact` qdisc, and TCX links), and the veth deleted with either and
 /// without programs.
 fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64>; 6]> {
-    const HOST: &str = "bench-h0";
     const PEER: &str = "bench-p0";
     let pod_fd = side.pods[0].fd().as_raw_fd();
     let progs = world.bpffs.path().join("progs");
@@ -181,24 +184,13 @@ fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64
                 out[0].push(create().await?);
                 let started = Instant::now();
                 tc::qdisc_add_clsact(HOST).context("adding clsact")?;
-                let mut filters = Vec::new();
-                for (prog, direction) in [
-                    (&mut from_pod, TcAttachType::Ingress),
-                    (&mut to_pod, TcAttachType::Egress),
-                ] {
-                    let id = prog
-                        .attach_with_options(
-                            HOST,
-                            direction,
-                            TcAttachOptions::Netlink(NlOptions {
-                                priority: TC_FILTER_PRIORITY,
-                                handle: TcHandle::from(TC_FILTER_HANDLE),
-                                ..Default::default()
-                            }),
-                        )
-                        .with_context(|| format!("tc {direction:?} attach"))?;
-                    filters.push(prog.take_link(id)?);
-                }
+                let filters = attach_both(&mut from_pod, &mut to_pod, || {
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: TC_FILTER_PRIORITY,
+                        handle: TcHandle::from(TC_FILTER_HANDLE),
+                        ..Default::default()
+                    })
+                })?;
                 out[1].push(started.elapsed().as_secs_f64() * 1000.0);
                 out[2].push(delete().await?);
                 // The filters went with the veth; dropping aya's handles of
@@ -206,20 +198,9 @@ fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64
                 drop(filters);
                 create().await?;
                 let started = Instant::now();
-                let mut links = Vec::new();
-                for (prog, direction) in [
-                    (&mut from_pod, TcAttachType::Ingress),
-                    (&mut to_pod, TcAttachType::Egress),
-                ] {
-                    let id = prog
-                        .attach_with_options(
-                            HOST,
-                            direction,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        )
-                        .with_context(|| format!("TCX {direction:?} attach"))?;
-                    links.push(prog.take_link(id)?);
-                }
+                let links = attach_both(&mut from_pod, &mut to_pod, || {
+                    TcAttachOptions::TcxOrder(LinkOrder::default())
+                })?;
                 out[3].push(started.elapsed().as_secs_f64() * 1000.0);
                 // As the plugin's DEL: the veth goes first, then the links
                 // (defunct by then, so releasing them costs nothing).
@@ -232,4 +213,25 @@ fn kernel_steps(world: &World, side: &Side, n: usize) -> anyhow::Result<[Vec<f64
             Ok(out)
         })
     })
+}
+
+/// Attaches `from_pod` to the ingress and `to_pod` to the egress of the
+/// bench's veth, each with `options()`; returns aya's handles of the
+/// attachments (dropping one detaches it).
+fn attach_both(
+    from_pod: &mut SchedClassifier,
+    to_pod: &mut SchedClassifier,
+    options: impl Fn() -> TcAttachOptions,
+) -> anyhow::Result<Vec<SchedClassifierLink>> {
+    let mut links = Vec::new();
+    for (prog, direction) in [
+        (from_pod, TcAttachType::Ingress),
+        (to_pod, TcAttachType::Egress),
+    ] {
+        let id = prog
+            .attach_with_options(HOST, direction, options())
+            .with_context(|| format!("{direction:?} attach"))?;
+        links.push(prog.take_link(id)?);
+    }
+    Ok(links)
 }
