@@ -4,12 +4,7 @@
 //! DEL after a failed ADD all succeed.
 //!
 //! Order (STYLE point 5): IPAM first, so an address is released even when
-//! the rest fails (for IPAM types that keep their state in files,
-//! `sluice-ipam`, `host-local` and `static`, the release runs on its own
-//! thread while the rest goes on: it needs nothing from the veth, and the
-//! veth's deletion spends most of DEL waiting on the kernel; any other
-//! type, such as `dhcp`, which sends its DHCPRELEASE through the pod's
-//! interface, finishes before the veth is touched); then the datapath and veth (the host veth named by the
+//! the rest fails; then the datapath and veth (the host veth named by the
 //! state record, else by the prevResult, else found through the
 //! container's interface or derived from the container id and ifname), the
 //! masquerade rules, the state record, and a best-effort `del` to the
@@ -33,41 +28,20 @@ use super::{ipam_env, notify};
 
 /// DEL.
 pub fn run(req: &Request) -> CniResult<()> {
-    let conf = &req.config;
-    let release = || {
-        ipam::del(&req.stdin, &ipam_env(req)).map_err(|e| CniError {
-            msg: format!("releasing the IP reservation: {}", e.msg),
-            ..e
-        })
-    };
-    match conf.ipam.as_ref().map(|i| i.plugin_type.as_str()) {
-        None => teardown(req, || Ok(())),
-        Some(kind) if IPAM_WITHOUT_THE_INTERFACE.contains(&kind) => std::thread::scope(|scope| {
-            let released = scope.spawn(release);
-            teardown(req, move || {
-                released
-                    .join()
-                    .unwrap_or_else(|_| Err(CniError::kernel("the IPAM release panicked")))
-            })
-        }),
-        Some(_) => {
-            let released = release();
-            teardown(req, move || released)
-        }
-    }
-}
-
-/// IPAM types whose DEL only touches their own files, so it can run while
-/// the veth is deleted.
-const IPAM_WITHOUT_THE_INTERFACE: [&str; 3] = [ipam::SLUICE_IPAM, "host-local", "static"];
-
-/// Everything after the IPAM release was started: datapath, veth,
-/// masquerade, state record, the agent; then the release's outcome
-/// (`released`), first among the errors.
-fn teardown(req: &Request, released: impl FnOnce() -> CniResult<()>) -> CniResult<()> {
     let mut timer = StepTimer::start("DEL");
     let conf = &req.config;
+    let mut ipam_errors: Vec<CniError> = Vec::new();
     let mut errors: Vec<CniError> = Vec::new();
+
+    if conf.ipam.is_some() {
+        if let Err(e) = ipam::del(&req.stdin, &ipam_env(req)) {
+            ipam_errors.push(CniError {
+                msg: format!("releasing the IP reservation: {}", e.msg),
+                ..e
+            });
+        }
+    }
+    timer.step("ipam");
 
     let record = state::read(&conf.state_dir, &req.container_id, &req.ifname).unwrap_or_else(|e| {
         errors.push(e);
@@ -117,8 +91,6 @@ fn teardown(req: &Request, released: impl FnOnce() -> CniResult<()>) -> CniResul
     );
 
     timer.step("agent");
-    let mut all: Vec<CniError> = released().err().into_iter().collect();
-    timer.step("ipam");
-    all.extend(errors);
-    veth::join_errors(all)
+    ipam_errors.extend(errors);
+    veth::join_errors(ipam_errors)
 }
