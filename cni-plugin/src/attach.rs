@@ -189,30 +189,39 @@ fn tc_filter_link(host_ifname: &str, ingress: bool) -> CniResult<SchedClassifier
     .map_err(|e| CniError::kernel(format!("looking up {host_ifname}: {e}")))
 }
 
-/// Attaches a hook's program as a cls_bpf filter (the `clsact` qdisc must
-/// exist).
-fn attach_tc(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<()> {
+/// Attaches a hook's program (`from_pod` on ingress, `to_pod` on egress)
+/// with `options`; returns aya's handle of the attachment, which detaches
+/// it when dropped. `what` names the kind in errors.
+fn attach_hook(
+    bpffs_dir: &Path,
+    host_ifname: &str,
+    ingress: bool,
+    options: TcAttachOptions,
+    what: &str,
+) -> CniResult<SchedClassifierLink> {
     let (name, attach_type) = hook_program(ingress);
     let mut prog = open_program(bpffs_dir, name)?;
     let id = prog
-        .attach_with_options(
-            host_ifname,
-            attach_type,
-            TcAttachOptions::Netlink(NlOptions {
-                priority: TC_FILTER_PRIORITY,
-                handle: TcHandle::from(TC_FILTER_HANDLE),
-                ..Default::default()
-            }),
-        )
+        .attach_with_options(host_ifname, attach_type, options)
         .map_err(|e| {
             prog_error(
-                format!("attaching {name} to {host_ifname} (tc {attach_type:?})"),
+                format!("attaching {name} to {host_ifname} ({what} {attach_type:?})"),
                 e,
             )
         })?;
-    let link = prog
-        .take_link(id)
-        .map_err(|e| prog_error(format!("taking the {name} filter on {host_ifname}"), e))?;
+    prog.take_link(id)
+        .map_err(|e| prog_error(format!("taking the {name} {what} link on {host_ifname}"), e))
+}
+
+/// Attaches a hook's program as a cls_bpf filter (the `clsact` qdisc must
+/// exist).
+fn attach_tc(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<()> {
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority: TC_FILTER_PRIORITY,
+        handle: TcHandle::from(TC_FILTER_HANDLE),
+        ..Default::default()
+    });
+    let link = attach_hook(bpffs_dir, host_ifname, ingress, options, "tc")?;
     // Dropping an aya tc link detaches it; the filter must stay.
     std::mem::forget(link);
     Ok(())
@@ -231,8 +240,7 @@ fn add_clsact(host_ifname: &str) -> CniResult<()> {
 
 /// Attaches a hook's program with a pinned TCX link.
 fn attach_tcx(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<()> {
-    let (name, attach_type) = hook_program(ingress);
-    let mut prog = open_program(bpffs_dir, name)?;
+    let name = hook_program(ingress).0;
     let pin = link_pin(bpffs_dir, host_ifname, ingress);
     if let Some(dir) = pin.parent() {
         std::fs::create_dir_all(dir)
@@ -241,21 +249,8 @@ fn attach_tcx(bpffs_dir: &Path, host_ifname: &str, ingress: bool) -> CniResult<(
     // A pin left by an earlier veth of the same name (deleted without DEL)
     // holds a defunct link: replace it.
     remove_pin(&pin)?;
-    let id = prog
-        .attach_with_options(
-            host_ifname,
-            attach_type,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(|e| {
-            prog_error(
-                format!("attaching {name} to {host_ifname} (TCX {attach_type:?})"),
-                e,
-            )
-        })?;
-    let link = prog
-        .take_link(id)
-        .map_err(|e| prog_error(format!("taking the {name} link on {host_ifname}"), e))?;
+    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+    let link = attach_hook(bpffs_dir, host_ifname, ingress, options, "TCX")?;
     let fd_link: FdLink = link.try_into().map_err(|e| {
         CniError::kernel(format!(
             "the {name} attachment on {host_ifname} is not a bpf_link: {e}"

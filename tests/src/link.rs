@@ -180,7 +180,6 @@ pub struct TcProgram {
 /// `tcAttach` it used.
 pub fn tc_hook_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<TcProgram>> {
     use aya::programs::{SchedClassifier, TcAttachType};
-    use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
     let mut out = Vec::new();
     for (hook, attach_type) in [
         ("ingress", TcAttachType::Ingress),
@@ -199,41 +198,19 @@ pub fn tc_hook_programs(ns: &Netns, ifname: &str) -> anyhow::Result<Vec<TcProgra
             });
         }
     }
-    let index = ifindex(ns, ifname)? as i32;
+    let index = ifindex(ns, ifname)?;
+    // The plugin's own reader of cls_bpf filters (what its CHECK uses).
     let filters = ns.netlink(|handle| async move {
+        let nl = cni_plugin::netlink::Netlink::new(handle);
         let mut found = Vec::new();
-        for hook in ["ingress", "egress"] {
-            let request = handle.traffic_filter(index).get();
-            let request = if hook == "ingress" {
-                request.ingress()
-            } else {
-                request.egress()
-            };
-            let mut replies = request.execute();
-            // No clsact qdisc: the kernel refuses the dump; nothing there.
-            while let Ok(Some(filter)) = replies.try_next().await {
-                let (mut name, mut id) = (None, None);
-                for attr in &filter.attributes {
-                    if let TcAttribute::Options(opts) = attr {
-                        for opt in opts {
-                            match opt {
-                                TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
-                                    name = Some(n.clone())
-                                }
-                                TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-                if let (Some(name), Some(id)) = (name, id) {
-                    found.push(TcProgram {
-                        how: "tc",
-                        hook,
-                        name,
-                        id,
-                    });
-                }
+        for (hook, ingress) in [("ingress", true), ("egress", false)] {
+            for f in nl.bpf_filters(index, ingress).await? {
+                found.push(TcProgram {
+                    how: "tc",
+                    hook,
+                    name: f.name,
+                    id: f.prog_id,
+                });
             }
         }
         Ok(found)
