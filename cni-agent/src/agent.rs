@@ -112,6 +112,8 @@ pub fn setup(config: &AgentConfig) -> anyhow::Result<(PinLayout, aya::Ebpf)> {
     for (prog, pin) in &loaded.progs {
         tracing::info!(prog, ?pin, "program pin");
     }
+    // Before the pod programs move to the new maps, and again after.
+    let retired_flows = crate::conntrack::copy_retired_flows(&layout)?;
 
     let report = PrefilterMaps::open(&layout)?.sync_config(&rules)?;
     for rule in &report.added {
@@ -145,6 +147,14 @@ pub fn setup(config: &AgentConfig) -> anyhow::Result<(PinLayout, aya::Ebpf)> {
                 "pod filters moved to the current programs"
             );
         }
+    }
+    if let Some(before) = retired_flows {
+        let after = crate::conntrack::copy_retired_flows(&layout)?.unwrap_or(0);
+        crate::conntrack::remove_retired(&layout)?;
+        tracing::warn!(
+            flows = before + after,
+            "conntrack split into CT4/CT6: tracked flows carried over, CT removed"
+        );
     }
     Ok((layout, loaded.ebpf))
 }

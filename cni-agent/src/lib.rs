@@ -9,6 +9,7 @@ pub mod attach;
 pub mod bpffs;
 pub mod cleanup;
 pub mod cli;
+pub mod conntrack;
 pub mod endpoints;
 pub mod loader;
 pub mod maps;

@@ -23,8 +23,10 @@ pub const ENDPOINT_F_HOST_ROUTING: u32 = 1 << 1;
 /// even with eBPF host routing; only deliveries to local pods skip it.
 pub const ENDPOINT_F_MASQUERADE: u32 = 1 << 2;
 
-/// Key of `ENDPOINTS`: a pod address.
-#[repr(C)]
+/// Key of `ENDPOINTS`: a pod address. 4-byte aligned so a program builds
+/// it with word stores (at byte alignment the compiler zeroes the padding
+/// and the unused address bytes with calls to a byte-loop `memset`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.

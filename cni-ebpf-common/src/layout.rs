@@ -39,6 +39,10 @@ const _: () = {
     assert!(size_of::<PortRanges>() == 8 + 4 * PORT_RANGES_PER_KEY + 4 * PORT_RANGES_PER_KEY);
     assert!(size_of::<CtKey>() == 40);
     assert!(offset_of!(CtKey, sport) == 32);
+    assert!(size_of::<Ct4Key>() == 16);
+    assert!(offset_of!(Ct4Key, sport) == 8);
+    assert!(offset_of!(Ct4Key, protocol) == 12);
+    assert!(align_of::<CtKey>() == 8);
     assert!(size_of::<CtEntry>() == 32);
     assert!(size_of::<DropEvent>() == 64);
 };

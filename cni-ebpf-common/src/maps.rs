@@ -6,7 +6,8 @@
 use core::mem::size_of;
 
 use crate::policy::{
-    CtEntry, CtKey, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue, PortRanges,
+    Ct4Key, CtEntry, CtKey, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue,
+    PortRanges,
 };
 use crate::prefilter::{CIDR4_KEY_SIZE, CIDR6_KEY_SIZE};
 use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue};
@@ -89,10 +90,16 @@ pub const POLICY_STATE: &str = "POLICY_STATE";
 pub const POLICY_STATE_MAX: u32 = 16_384;
 /// Global policy switches and revision (one-slot array).
 pub const POLICY_CONFIG: &str = "POLICY_CONFIG";
-/// Connection tracking (LRU hash).
-pub const CT: &str = "CT";
-/// Most tracked flows.
+/// Connection tracking of IPv4 flows (LRU hash, [`crate::policy::Ct4Key`]).
+pub const CT4: &str = "CT4";
+/// Connection tracking of IPv6 flows (LRU hash, [`crate::policy::CtKey`]).
+pub const CT6: &str = "CT6";
+/// Most tracked flows, per family.
 pub const CT_MAX: u32 = 131_072;
+/// The single conntrack map of both families that `CT4`/`CT6` replaced
+/// (40-byte [`crate::policy::CtKey`]). An agent that finds its pin carries
+/// its flows over, so an upgrade cuts no connection, then removes it.
+pub const RETIRED_CT: &str = "CT";
 /// Policy drop events for `sluicectl monitor` (ring buffer).
 pub const POLICY_EVENTS: &str = "POLICY_EVENTS";
 /// Size of [`POLICY_EVENTS`] in bytes.
@@ -148,7 +155,7 @@ impl MapSpec {
 }
 
 /// Every pinned map of the datapath and its expected shape.
-pub const MAP_SPECS: [MapSpec; 15] = [
+pub const MAP_SPECS: [MapSpec; 16] = [
     MapSpec {
         name: PREFILTER_PROTO,
         map_type: BPF_MAP_TYPE_HASH,
@@ -234,7 +241,14 @@ pub const MAP_SPECS: [MapSpec; 15] = [
         max_entries: 1,
     },
     MapSpec {
-        name: CT,
+        name: CT4,
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size: size_of::<Ct4Key>() as u32,
+        value_size: size_of::<CtEntry>() as u32,
+        max_entries: CT_MAX,
+    },
+    MapSpec {
+        name: CT6,
         map_type: BPF_MAP_TYPE_LRU_HASH,
         key_size: size_of::<CtKey>() as u32,
         value_size: size_of::<CtEntry>() as u32,

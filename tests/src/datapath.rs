@@ -23,12 +23,12 @@ use cni_agent::{
 };
 use cni_ebpf_common::{
     maps::{
-        CT, ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_CONFIG, POLICY_EVENTS,
+        CT4, CT6, ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_CONFIG, POLICY_EVENTS,
         POLICY_PORT_RANGES, POLICY_STATE,
     },
     policy::{
-        CtEntry, CtKey, DropEvent, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue,
-        PortRanges, PORT_RANGES_PER_KEY,
+        Ct4Key, CtEntry, CtKey, DropEvent, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState,
+        PolicyValue, PortRanges, PORT_RANGES_PER_KEY,
     },
     prefilter::{FAMILY_IPV4, FAMILY_IPV6},
     EndpointInfo, EndpointKey,
@@ -346,33 +346,54 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("removing POLICY_PORT_RANGES {key:?}: {e}"));
     }
 
-    fn ct(&self) -> HashMap<MapData, CtKey, CtEntry> {
-        self.map(CT)
+    fn ct4(&self) -> HashMap<MapData, Ct4Key, CtEntry> {
+        self.map(CT4)
     }
 
-    /// The conntrack entry of `key`, if any.
+    fn ct6(&self) -> HashMap<MapData, CtKey, CtEntry> {
+        self.map(CT6)
+    }
+
+    /// The conntrack entry of `key` (in `CT4` or `CT6` by its family), if
+    /// any.
     pub fn ct_entry(&self, key: &CtKey) -> Option<CtEntry> {
-        match self.ct().get(key, 0) {
+        let found = if key.family == FAMILY_IPV4 {
+            self.ct4().get(&key.v4(), 0)
+        } else {
+            self.ct6().get(key, 0)
+        };
+        match found {
             Ok(entry) => Some(entry),
             Err(aya::maps::MapError::KeyNotFound) => None,
-            Err(e) => panic!("reading CT {key:?}: {e}"),
+            Err(e) => panic!("reading conntrack {key:?}: {e}"),
         }
     }
 
-    /// Every conntrack key.
+    /// Every conntrack key of both families, as flows.
     pub fn ct_keys(&self) -> Vec<CtKey> {
-        self.ct()
+        let v4: Vec<Ct4Key> = self
+            .ct4()
             .keys()
             .collect::<Result<_, _>>()
-            .expect("listing CT")
+            .expect("listing CT4");
+        let v6: Vec<CtKey> = self
+            .ct6()
+            .keys()
+            .collect::<Result<_, _>>()
+            .expect("listing CT6");
+        v4.iter().map(Ct4Key::flow).chain(v6).collect()
     }
 
     /// Empties conntrack.
     pub fn ct_clear(&self) {
-        let mut ct = self.ct();
+        let (mut ct4, mut ct6) = (self.ct4(), self.ct6());
         for key in self.ct_keys() {
             // An entry gone meanwhile (LRU) is as good as removed.
-            let _ = ct.remove(&key);
+            let _ = if key.family == FAMILY_IPV4 {
+                ct4.remove(&key.v4())
+            } else {
+                ct6.remove(&key)
+            };
         }
     }
 

@@ -37,9 +37,20 @@ fn sluicectl(dir: &BpffsDir, args: &[&str]) -> String {
 }
 
 /// Creates a BPF hash map with 4-byte keys and values (an "old layout") and
-/// pins it at `path`, with raw syscalls: aya has no API to make a map that
-/// is not in an object.
+/// pins it at `path`.
 fn pin_wrong_shaped_map(path: &std::path::Path) {
+    pin_new_map(path, 1, 4, 4, 8);
+}
+
+/// Creates a BPF map of this shape and pins it at `path`, with raw
+/// syscalls: aya has no API to make a map that is not in an object.
+fn pin_new_map(
+    path: &std::path::Path,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) {
     #[repr(C)]
     struct MapCreate {
         map_type: u32,
@@ -56,10 +67,10 @@ fn pin_wrong_shaped_map(path: &std::path::Path) {
     }
     let mut attr = [0u8; 128];
     let create = MapCreate {
-        map_type: 1,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 8,
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
         map_flags: 0,
     };
     // SAFETY: MapCreate is plain integers and fits in attr.
@@ -515,4 +526,93 @@ fn a_migrated_endpoints_map_is_refilled_from_the_state_dir() {
         Ok(())
     })
     .unwrap();
+}
+
+/// An agent upgrading a node whose datapath still has the single `CT` map
+/// of both families carries its flows into `CT4`/`CT6` (a flow the new
+/// programs already track keeps their entry) and removes the old pin.
+#[test]
+fn flows_of_the_retired_conntrack_map_are_carried_over() {
+    use cni_ebpf_common::{
+        maps::{BPF_MAP_TYPE_LRU_HASH, CT4, CT6, RETIRED_CT},
+        policy::{Ct4Key, CtEntry, CtKey},
+    };
+    use std::net::IpAddr;
+    use tests::datapath::ct_key;
+
+    require_root("flows_of_the_retired_conntrack_map_are_carried_over");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("load"));
+    let state = tempfile::tempdir().expect("state dir");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let entry = |revision: u32, packets: u64| CtEntry {
+        revision,
+        _reserved: 0,
+        packets_forward: packets,
+        packets_reply: packets / 2,
+        last_seen_ns: 1,
+    };
+    let open = |name: &str| aya::maps::MapData::from_pin(layout.map(name)).unwrap();
+    let v4 = ct_key(ip("10.244.3.4"), ip("10.244.3.5"), 6, 40000, 80);
+    let v4_retracked = ct_key(ip("10.244.3.4"), ip("10.244.3.6"), 17, 5353, 53);
+    let v6 = ct_key(ip("fd00::4"), ip("fd00::5"), 6, 40001, 443);
+
+    // What an older agent left: one map, 40-byte keys, both families.
+    pin_new_map(
+        &layout.map(RETIRED_CT),
+        BPF_MAP_TYPE_LRU_HASH,
+        size_of::<CtKey>() as u32,
+        size_of::<CtEntry>() as u32,
+        64,
+    );
+    let mut old: aya::maps::HashMap<_, CtKey, CtEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(open(RETIRED_CT))).unwrap();
+    for (key, value) in [
+        (v4, entry(3, 10)),
+        (v4_retracked, entry(3, 4)),
+        (v6, entry(3, 8)),
+    ] {
+        old.insert(key, value, 0).unwrap();
+    }
+    // A flow the current programs track already, at a newer revision.
+    let mut ct4: aya::maps::HashMap<_, Ct4Key, CtEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(open(CT4))).unwrap();
+    ct4.insert(v4_retracked.v4(), entry(9, 1), 0).unwrap();
+
+    let config = cni_agent::agent::AgentConfig {
+        bpffs_dir: dir.path().to_path_buf(),
+        uplinks: Vec::new(),
+        prefilter: None,
+        xdp_mode: XdpMode::default(),
+        ebpf_log_level: 0,
+        metrics_addr: None,
+        state_dir: state.path().to_path_buf(),
+        api_socket: state.path().join("api.sock"),
+        manifests: None,
+        kube: None,
+        node_addresses: Vec::new(),
+        allow_host: true,
+        policy_enforcement: None,
+    };
+    drop(cni_agent::agent::setup(&config).expect("agent setup over the old map"));
+
+    assert!(!layout.map(RETIRED_CT).exists(), "the old pin is removed");
+    let ct4: aya::maps::HashMap<_, Ct4Key, CtEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(open(CT4))).unwrap();
+    let ct6: aya::maps::HashMap<_, CtKey, CtEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(open(CT6))).unwrap();
+    assert_eq!(ct4.get(&v4.v4(), 0).unwrap(), entry(3, 10));
+    assert_eq!(
+        ct4.get(&v4_retracked.v4(), 0).unwrap(),
+        entry(9, 1),
+        "newer entry kept"
+    );
+    assert_eq!(ct6.get(&v6, 0).unwrap(), entry(3, 8));
+    assert_eq!(ct4.keys().count(), 2);
+    assert_eq!(ct6.keys().count(), 1);
+    // The next start finds nothing to carry.
+    drop(cni_agent::agent::setup(&config).expect("second setup"));
+    assert_eq!(ct4.keys().count(), 2);
 }

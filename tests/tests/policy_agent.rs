@@ -738,12 +738,13 @@ fn policy_is_enforced_explained_and_monitored() {
         "sluice_policy_enforcing 1",
         "sluice_policy_sync_duration_seconds_count",
         "sluice_map_entries{map=\"POLICY\"}",
-        "sluice_map_capacity{map=\"CT\"} 131072",
+        "sluice_map_capacity{map=\"CT4\"} 131072",
+        "sluice_map_capacity{map=\"CT6\"} 131072",
         "sluice_verdict_packets_total{reason=\"from-pod-drop-ingress-policy\"",
     ] {
         assert!(m.contains(want), "metrics lack {want}:\n{m}");
     }
-    let ct = metric(&m, "sluice_map_entries{map=\"CT\"}");
+    let ct = metric(&m, "sluice_map_entries{map=\"CT4\"}");
     assert!(ct >= 1.0, "conntrack holds the allowed flows: {ct}");
 }
 

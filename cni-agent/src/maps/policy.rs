@@ -56,10 +56,11 @@ use aya::{
 };
 use cni_ebpf_common::{
     maps::{
-        CT, ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_CONFIG, POLICY_PORT_RANGES, POLICY_STATE,
+        CT4, CT6, ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_CONFIG, POLICY_PORT_RANGES,
+        POLICY_STATE,
     },
     policy::{
-        CtEntry, CtKey, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue,
+        Ct4Key, CtEntry, CtKey, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue,
         PortRanges, POLICY_CONFIG_F_ENFORCE, PORT_RANGES_PER_KEY,
     },
     prefilter::FAMILY_IPV4,
@@ -508,7 +509,8 @@ pub fn map_fill(layout: &PinLayout) -> anyhow::Result<Vec<MapFill>> {
         IPCACHE4,
         IPCACHE6,
         ENDPOINTS,
-        CT,
+        CT4,
+        CT6,
     ] {
         let entries = match name {
             POLICY => count_hash::<PolicyKey, PolicyValue>(layout, name)?,
@@ -517,6 +519,7 @@ pub fn map_fill(layout: &PinLayout) -> anyhow::Result<Vec<MapFill>> {
             IPCACHE4 => count_lpm::<[u8; 4]>(layout, name)?,
             IPCACHE6 => count_lpm::<[u8; 16]>(layout, name)?,
             ENDPOINTS => count_hash::<EndpointKey, EndpointInfo>(layout, name)?,
+            CT4 => count_hash::<Ct4Key, CtEntry>(layout, name)?,
             _ => count_hash::<CtKey, CtEntry>(layout, name)?,
         };
         let max_entries = MapSpec::by_name(name).map_or(0, |s| s.max_entries);

@@ -4,6 +4,10 @@
 //! back through the policy (as its initiating direction), so a change keeps
 //! what it still allows and cuts what it now denies.
 //!
+//! IPv4 flows live in `CT4` under a 16-byte key, IPv6 flows in `CT6` under
+//! the 40-byte [`CtKey`]; the programs work on a `CtKey` of either family
+//! and only the map access below tells them apart.
+//!
 //! Entries leave by LRU eviction; there is no TCP state machine yet.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
@@ -12,7 +16,7 @@ use cni_ebpf_common::policy::{CtEntry, CtKey};
 use cni_ebpf_common::prefilter::FAMILY_IPV4;
 
 use super::{
-    maps::CT,
+    maps::{CT4, CT6},
     parse::{read, IpPacket, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -51,6 +55,16 @@ fn reverse(key: &mut CtKey) {
     }
 }
 
+/// The entry of flow `key` in its family's map.
+#[inline(always)]
+fn find(key: &CtKey) -> Option<*mut CtEntry> {
+    if key.family == FAMILY_IPV4 {
+        CT4.get_ptr_mut(key.v4())
+    } else {
+        CT6.get_ptr_mut(*key)
+    }
+}
+
 /// What conntrack knows about a packet.
 pub enum Tracked {
     /// A flow allowed at the current revision: pass.
@@ -67,7 +81,7 @@ pub enum Tracked {
 /// tuple.
 #[inline(always)]
 pub fn lookup(key: &mut CtKey, revision: u32) -> Tracked {
-    if let Some(entry) = CT.get_ptr_mut(*key) {
+    if let Some(entry) = find(key) {
         // SAFETY: a value pointer from this map, valid during this run.
         unsafe {
             (*entry).packets_forward += 1;
@@ -79,7 +93,7 @@ pub fn lookup(key: &mut CtKey, revision: u32) -> Tracked {
         return Tracked::Stale;
     }
     reverse(key);
-    if let Some(entry) = CT.get_ptr_mut(*key) {
+    if let Some(entry) = find(key) {
         // SAFETY: as above.
         unsafe {
             (*entry).packets_reply += 1;
@@ -164,11 +178,11 @@ pub fn quoted_key(start: usize, end: usize, error: &IpPacket, key: &mut CtKey) -
 /// belong to the flow they quote.
 #[inline(always)]
 pub fn is_tracked(key: &mut CtKey) -> bool {
-    if CT.get_ptr_mut(*key).is_some() {
+    if find(key).is_some() {
         return true;
     }
     reverse(key);
-    CT.get_ptr_mut(*key).is_some()
+    find(key).is_some()
 }
 
 /// Remembers an allowed flow: a new entry, or for a stale one just the new
@@ -176,7 +190,7 @@ pub fn is_tracked(key: &mut CtKey) -> bool {
 #[inline(always)]
 pub fn allow(key: &CtKey, revision: u32, tracked: &Tracked) {
     if let Tracked::Stale = tracked {
-        if let Some(entry) = CT.get_ptr_mut(*key) {
+        if let Some(entry) = find(key) {
             // SAFETY: a value pointer from this map, valid during this run.
             unsafe { (*entry).revision = revision };
             return;
@@ -191,11 +205,19 @@ pub fn allow(key: &CtKey, revision: u32, tracked: &Tracked) {
         last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
     };
     // A full LRU evicts the least recent flow; insertion does not fail then.
-    let _ = CT.insert(key, entry, 0);
+    let _ = if key.family == FAMILY_IPV4 {
+        CT4.insert(key.v4(), entry, 0)
+    } else {
+        CT6.insert(key, entry, 0)
+    };
 }
 
 /// Forgets a flow the policy no longer allows.
 #[inline(always)]
 pub fn forget(key: &CtKey) {
-    let _ = CT.remove(key);
+    let _ = if key.family == FAMILY_IPV4 {
+        CT4.remove(key.v4())
+    } else {
+        CT6.remove(key)
+    };
 }

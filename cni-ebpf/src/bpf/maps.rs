@@ -14,8 +14,8 @@ use cni_ebpf_common::{
         PREFILTER_RULES_MAX, REASONS_MAX,
     },
     policy::{
-        CtEntry, CtKey, DropEvent, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue,
-        PortRanges,
+        Ct4Key, CtEntry, CtKey, DropEvent, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState,
+        PolicyValue, PortRanges,
     },
     prefilter::{Cidr4Addr, Cidr6Addr},
     Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue,
@@ -75,9 +75,13 @@ pub static POLICY_STATE: HashMap<u64, PolicyState, { POLICY_STATE_MAX as usize }
 #[btf_map]
 pub static POLICY_CONFIG: Array<PolicyConfig, 1> = Array::new();
 
-/// Connection tracking: flows allowed, by their initiating 5-tuple.
+/// Connection tracking of IPv4 flows allowed, by their initiating 5-tuple.
 #[btf_map]
-pub static CT: LruHashMap<CtKey, CtEntry, { CT_MAX as usize }> = LruHashMap::new();
+pub static CT4: LruHashMap<Ct4Key, CtEntry, { CT_MAX as usize }> = LruHashMap::new();
+
+/// Connection tracking of IPv6 flows allowed, by their initiating 5-tuple.
+#[btf_map]
+pub static CT6: LruHashMap<CtKey, CtEntry, { CT_MAX as usize }> = LruHashMap::new();
 
 /// Policy drops for `sluicectl monitor`.
 #[btf_map]

@@ -50,17 +50,22 @@ pub struct L4 {
     pub has_selector: bool,
 }
 
-/// A parsed IP packet.
+/// A parsed IP packet. The addresses come first and the struct is 8-byte
+/// aligned, so they are built and copied a word at a time: held as bytes,
+/// each address byte took a register or stack slot of its own on the way
+/// to the conntrack and endpoint keys, a cost every packet paid.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct IpPacket {
+    /// Source address; IPv4 uses the first four bytes, the rest are zero
+    /// (keys are built from it whole).
+    pub src: [u8; 16],
+    /// Destination address; as `src`.
+    pub dst: [u8; 16],
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
     /// L4 protocol (after IPv6 extension headers).
     pub protocol: u8,
-    /// Source address; IPv4 uses the first four bytes.
-    pub src: [u8; 16],
-    /// Destination address; IPv4 uses the first four bytes.
-    pub dst: [u8; 16],
     /// Port or type, when readable.
     pub l4: L4,
     /// Offset of the L4 header from the frame's start.
@@ -97,6 +102,20 @@ pub fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
     let p = ptr_at::<T>(start, end, offset)?;
     // SAFETY: ptr_at proved [p, p + size_of::<T>()) lies inside the packet.
     Some(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Four bytes of the packet at `offset` as a word, in packet (network)
+/// order.
+#[inline(always)]
+fn read_word(start: usize, end: usize, offset: usize) -> Option<u32> {
+    read::<[u8; 4]>(start, end, offset).map(u32::from_ne_bytes)
+}
+
+/// An address from its words, in packet order (IPv4: one word, then zeros).
+#[inline(always)]
+fn address(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, and every bit pattern is a valid byte array.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 #[inline(always)]
@@ -147,16 +166,14 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
     }
     let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
     let protocol = header[9];
-    let mut src = [0u8; 16];
-    src[0] = header[12];
-    src[1] = header[13];
-    src[2] = header[14];
-    src[3] = header[15];
-    let mut dst = [0u8; 16];
-    dst[0] = header[16];
-    dst[1] = header[17];
-    dst[2] = header[18];
-    dst[3] = header[19];
+    let (Some(src), Some(dst)) = (
+        read_word(start, end, l3 + 12),
+        read_word(start, end, l3 + 16),
+    ) else {
+        return Parsed::Malformed;
+    };
+    let src = address([src, 0, 0, 0]);
+    let dst = address([dst, 0, 0, 0]);
     let l4 = if fragment_offset != 0 {
         // A later fragment: its first bytes are payload, not ports.
         Some(L4 {
@@ -188,14 +205,17 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
     if header[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
+    let mut words = [0u32; 8];
     let mut i = 0;
-    while i < 16 {
-        src[i] = header[8 + i];
-        dst[i] = header[24 + i];
+    while i < 8 {
+        let Some(word) = read_word(start, end, l3 + 8 + i * 4) else {
+            return Parsed::Malformed;
+        };
+        words[i] = word;
         i += 1;
     }
+    let src = address([words[0], words[1], words[2], words[3]]);
+    let dst = address([words[4], words[5], words[6], words[7]]);
     let mut next = header[6];
     let mut offset = l3 + IPV6_HLEN;
     let mut later_fragment = false;

@@ -13,6 +13,9 @@ use cni_ebpf_common::{
     EndpointInfo, EndpointKey, Reason,
 };
 
+// Keys are built from little-endian words (see `endpoint`).
+const _: () = assert!(cfg!(target_endian = "little"));
+
 use super::maps::{
     ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_EVENTS, POLICY_PORT_RANGES, POLICY_STATE,
 };
@@ -29,10 +32,22 @@ fn dport(flow: &Flow) -> u16 {
 /// The endpoint owning `addr`, if it is a local pod's.
 #[inline(always)]
 pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<EndpointInfo> {
-    let key = if family == FAMILY_IPV4 {
-        EndpointKey::v4([addr[0], addr[1], addr[2], addr[3]])
-    } else {
-        EndpointKey::v6(*addr)
+    // Built from words: field by field, the compiler zeroes the three
+    // padding bytes with a call to a byte-loop `memset`, on every packet.
+    // On this little-endian target the first word is `family` and the zero
+    // padding. An IPv4 key is zero past the first four address bytes, and
+    // so is every IPv4 address the programs hold (`IpPacket`, `CtKey`).
+    // SAFETY: same size, and every bit pattern is a valid array of words.
+    let words = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*addr) };
+    // SAFETY: `EndpointKey` is 20 bytes of integers with 4-byte alignment.
+    let key = unsafe {
+        core::mem::transmute::<[u32; 5], EndpointKey>([
+            u32::from(family),
+            words[0],
+            words[1],
+            words[2],
+            words[3],
+        ])
     };
     // SAFETY: the value is copied out at once.
     unsafe { ENDPOINTS.get(key) }.copied()
