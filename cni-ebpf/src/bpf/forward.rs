@@ -17,6 +17,8 @@
 //! Only untagged frames are forwarded (pod veths and uplinks carry no VLAN
 //! tags in routed mode); anything unusual takes the stack.
 
+use core::mem::{align_of, size_of, MaybeUninit};
+
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -129,7 +131,7 @@ pub fn from_pod(ctx: &TcContext, packet: &IpPacket, src: &EndpointInfo) -> Optio
     }
     if let Some(dst) = endpoint(packet.family, &packet.dst) {
         if dst.flags & ENDPOINT_F_HOST_ROUTING != 0 {
-            return to_local_pod(ctx, packet, &dst);
+            return to_local_pod(ctx, packet, dst);
         }
         // A local pod without host routing: the FIB's /32 route to its veth
         // below reaches it through its `to_pod`.
@@ -155,11 +157,38 @@ fn to_local_pod(ctx: &TcContext, packet: &IpPacket, dst: &EndpointInfo) -> Optio
     })
 }
 
+/// A zeroed helper argument, written a word at a time. `mem::zeroed` of
+/// these structs becomes a call to the target's `memset`, a byte loop (64
+/// iterations for `bpf_fib_lookup`) on every forwarded packet; volatile
+/// stores are not merged back into one.
+/// SAFETY (caller): `T` is plain integers (zero is valid), 4-byte aligned,
+/// a multiple of 4 bytes long.
+#[inline(always)]
+unsafe fn zeroed_in_place<T>(value: &mut MaybeUninit<T>) -> &mut T {
+    let words = value.as_mut_ptr().cast::<u32>();
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        // SAFETY: inside `value`, aligned (caller's promise).
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte is now zero, a valid `T` (caller's promise).
+    unsafe { value.assume_init_mut() }
+}
+
+const _: () = assert!(
+    align_of::<bpf_fib_lookup>() >= 4
+        && size_of::<bpf_fib_lookup>().is_multiple_of(4)
+        && align_of::<bpf_redir_neigh>() >= 4
+        && size_of::<bpf_redir_neigh>().is_multiple_of(4)
+);
+
 /// A FIB lookup for the packet as it came in on `ctx`'s device.
 #[inline(always)]
 fn via_fib(ctx: &TcContext, packet: &IpPacket) -> Option<Forwarded> {
-    // SAFETY: plain old data; zero is a valid value of every field.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
+    // SAFETY: plain integers and unions of them; shape asserted above.
+    let params = unsafe { zeroed_in_place(&mut params) };
     // SAFETY: the context pointer is the program's own __sk_buff.
     let ingress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.ifindex = ingress_ifindex;
@@ -181,7 +210,7 @@ fn via_fib(ctx: &TcContext, packet: &IpPacket) -> Option<Forwarded> {
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -204,8 +233,9 @@ fn via_fib(ctx: &TcContext, packet: &IpPacket) -> Option<Forwarded> {
         BPF_FIB_LKUP_RET_NO_NEIGH if params.ifindex != ingress_ifindex => {
             // The lookup left the next hop (gateway, or the destination on a
             // connected route) in the destination field.
-            // SAFETY: plain old data; zero is valid.
-            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            let mut nh = MaybeUninit::<bpf_redir_neigh>::uninit();
+            // SAFETY: plain integers and unions of them; shape asserted above.
+            let nh = unsafe { zeroed_in_place(&mut nh) };
             if packet.family == FAMILY_IPV4 {
                 nh.nh_family = AF_INET as u32;
                 // SAFETY: the union member matching `family`.
@@ -222,7 +252,7 @@ fn via_fib(ctx: &TcContext, packet: &IpPacket) -> Option<Forwarded> {
             let action = unsafe {
                 bpf_redirect_neigh(
                     params.ifindex,
-                    &mut nh,
+                    nh,
                     core::mem::size_of::<bpf_redir_neigh>() as i32,
                     0,
                 )

@@ -215,14 +215,14 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
         return finish(reason, bytes);
     };
     if !enforce {
-        return finish_from_pod(ctx, Reason::FROM_POD_PASS, &packet, &src, bytes);
+        return finish_from_pod(ctx, Reason::FROM_POD_PASS, &packet, src, bytes);
     }
     let mut flow = ct::forward_key(&packet);
     // On Stale, a reply of a stale flow is judged as the flow it answers:
     // `flow` then holds the initiating tuple.
     let tracked = ct::lookup(&mut flow, revision);
     if let Tracked::Current = tracked {
-        return finish_from_pod(ctx, Reason::FROM_POD_PASS_CT, &packet, &src, bytes);
+        return finish_from_pod(ctx, Reason::FROM_POD_PASS_CT, &packet, src, bytes);
     }
     // A new flow starts from this packet: its initiator is `src`, found
     // above. Only a stale reply needs the initiator looked up.
@@ -231,13 +231,13 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
         _ => endpoint(flow.family, &flow.src),
     };
     let verdict = match initiator {
-        Some(initiator) => check_from_pod(&flow, &initiator, &FROM_POD_REASONS),
+        Some(initiator) => check_from_pod(&flow, initiator, &FROM_POD_REASONS),
         // A stale reply of a flow that came from outside the node to this
         // pod: only the pod's ingress applies.
-        None => check_ingress(&flow, &src, &FROM_POD_REASONS),
+        None => check_ingress(&flow, src, &FROM_POD_REASONS),
     };
     let reason = record(verdict, &flow, revision, &tracked);
-    finish_from_pod(ctx, reason, &packet, &src, bytes)
+    finish_from_pod(ctx, reason, &packet, src, bytes)
 }
 
 pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
@@ -280,10 +280,10 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, ()> {
     };
     let verdict = match target {
         // A flow into a local pod (this one, or a stale reply's target).
-        Some(target) => check_ingress(&flow, &target, &TO_POD_REASONS),
+        Some(target) => check_ingress(&flow, target, &TO_POD_REASONS),
         // A stale reply of a flow this pod started towards the outside:
         // judged by this pod's egress.
-        None => check_from_pod(&flow, &dst, &TO_POD_REASONS),
+        None => check_from_pod(&flow, dst, &TO_POD_REASONS),
     };
     finish(record(verdict, &flow, revision, &tracked), bytes)
 }

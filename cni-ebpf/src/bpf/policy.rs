@@ -31,7 +31,7 @@ fn dport(flow: &Flow) -> u16 {
 
 /// The endpoint owning `addr`, if it is a local pod's.
 #[inline(always)]
-pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<EndpointInfo> {
+pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<&'static EndpointInfo> {
     // Built from words: field by field, the compiler zeroes the three
     // padding bytes with a call to a byte-loop `memset`, on every packet.
     // On this little-endian target the first word is `family` and the zero
@@ -49,8 +49,15 @@ pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<EndpointInfo> {
             words[3],
         ])
     };
-    // SAFETY: the value is copied out at once.
-    unsafe { ENDPOINTS.get(key) }.copied()
+    // SAFETY: a map value stays valid for the rest of this program run
+    // (RCU); a concurrent update may change its fields, each of which is
+    // read once where it is used. Not copied: the copy cost every packet
+    // and the stack has little room.
+    unsafe {
+        ENDPOINTS
+            .get(key)
+            .map(|info| &*(info as *const EndpointInfo))
+    }
 }
 
 /// The endpoint's policy state, if the agent programmed it.
@@ -220,7 +227,7 @@ pub fn check_from_pod(
         }
     }
     if let Some(dst) = endpoint(flow.family, &flow.dst) {
-        check_ingress(flow, &dst, reasons)?;
+        check_ingress(flow, dst, reasons)?;
     }
     Ok(reasons.pass)
 }
