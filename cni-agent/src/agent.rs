@@ -109,6 +109,16 @@ pub fn setup(config: &AgentConfig) -> anyhow::Result<(PinLayout, aya::Ebpf)> {
             "ENDPOINTS changed layout: entries rewritten from the state dir"
         );
     }
+    let sources_new = loaded.maps.iter().any(|(map, check)| {
+        *map == cni_ebpf_common::maps::SOURCES4
+            && !matches!(check, crate::loader::MapPinCheck::Reused)
+    });
+    if endpoints_migrated || sources_new {
+        let written = crate::restore::fill_sources(&layout)?;
+        if written > 0 {
+            tracing::info!(sources = written, "SOURCES4 filled from ENDPOINTS");
+        }
+    }
     for (prog, pin) in &loaded.progs {
         tracing::info!(prog, ?pin, "program pin");
     }

@@ -3,7 +3,8 @@
 //! an empty map). The plugin writes these entries on ADD; without this, pods
 //! attached before the upgrade would have none: dropped as spoofed when
 //! policy is enforced, and outside eBPF host routing. The state dir's
-//! attachment records hold what an entry needs.
+//! attachment records hold what an entry needs. `SOURCES4`, new or
+//! migrated, is filled from `ENDPOINTS`.
 
 use std::{ffi::CString, net::IpAddr};
 
@@ -11,8 +12,9 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, MapData};
 use cni_ebpf_common::{
     endpoint::{ENDPOINT_F_HOST_ROUTING, ENDPOINT_F_MASQUERADE},
-    maps::ENDPOINTS,
-    EndpointInfo, EndpointKey,
+    maps::{ENDPOINTS, SOURCES4},
+    prefilter::FAMILY_IPV4,
+    EndpointInfo, EndpointKey, SourceKey4,
 };
 
 use crate::{
@@ -132,6 +134,31 @@ pub fn restore_endpoints(layout: &PinLayout, state_dir: &std::path::Path) -> any
         }
     }
     Ok(restored)
+}
+
+/// Writes the `SOURCES4` entry of every IPv4 `ENDPOINTS` entry: for a
+/// `SOURCES4` the loader created (an upgrade from before it) or replaced,
+/// so running pods' packets take the fast source lookup again. (Without
+/// it they are still found, in `ENDPOINTS`.) Returns how many were written.
+pub fn fill_sources(layout: &PinLayout) -> anyhow::Result<usize> {
+    let endpoints: HashMap<MapData, EndpointKey, EndpointInfo> = open_pinned(layout, ENDPOINTS)?;
+    let mut sources: HashMap<MapData, SourceKey4, EndpointInfo> = open_pinned(layout, SOURCES4)?;
+    let mut written = 0;
+    for item in endpoints.iter() {
+        let (key, info) = item.context("reading ENDPOINTS")?;
+        if key.family != FAMILY_IPV4 {
+            continue;
+        }
+        let source = SourceKey4 {
+            ifindex: info.ifindex,
+            addr: [key.addr[0], key.addr[1], key.addr[2], key.addr[3]],
+        };
+        sources
+            .insert(source, info, 0)
+            .with_context(|| format!("writing the SOURCES4 entry of {:?}", source))?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

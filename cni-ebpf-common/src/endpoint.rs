@@ -60,7 +60,22 @@ impl EndpointKey {
     }
 }
 
-/// Value of `ENDPOINTS`.
+/// Key of `SOURCES4`: an IPv4 address the pod behind a host veth may send
+/// from. `from_pod` finds a packet's source endpoint by (the veth it came
+/// in on, its source address): an 8-byte key hashes in one round where the
+/// 20-byte [`EndpointKey`] takes two, on every packet, and the pair is the
+/// anti-spoofing check itself. `ENDPOINTS` stays the map of record: a pair
+/// missing here (an older plugin, a migration) falls back on it.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey4 {
+    /// Host-side veth ifindex, in the node's namespace (host byte order).
+    pub ifindex: u32,
+    /// The address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Value of `ENDPOINTS` and `SOURCES4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointInfo {
@@ -85,4 +100,5 @@ mod pod {
     // SAFETY (both): repr(C), integers and byte arrays, explicit padding.
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::SourceKey4 {}
 }

@@ -3,7 +3,7 @@
 
 use core::mem::{align_of, offset_of, size_of};
 
-use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue};
+use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue, SourceKey4};
 
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(align_of::<Counter>() == 8);
@@ -21,6 +21,8 @@ const _: () = assert!(offset_of!(ProtoKey, selector) == 4);
 const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(offset_of!(EndpointKey, addr) == 4);
 const _: () = assert!(size_of::<EndpointInfo>() == 32);
+const _: () = assert!(size_of::<SourceKey4>() == 8);
+const _: () = assert!(offset_of!(SourceKey4, addr) == 4);
 const _: () = assert!(offset_of!(EndpointInfo, mac) == 8);
 const _: () = assert!(offset_of!(EndpointInfo, host_mac) == 14);
 const _: () = assert!(offset_of!(EndpointInfo, endpoint_id) == 24);

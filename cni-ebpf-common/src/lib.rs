@@ -18,6 +18,6 @@ pub mod prefilter;
 pub mod reason;
 
 pub use counter::Counter;
-pub use endpoint::{EndpointInfo, EndpointKey};
+pub use endpoint::{EndpointInfo, EndpointKey, SourceKey4};
 pub use prefilter::{ProtoKey, RuleValue};
 pub use reason::Reason;

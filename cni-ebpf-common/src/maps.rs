@@ -10,7 +10,7 @@ use crate::policy::{
     PortRanges,
 };
 use crate::prefilter::{CIDR4_KEY_SIZE, CIDR6_KEY_SIZE};
-use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue};
+use crate::{Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue, SourceKey4};
 
 /// Default root of everything Sluice pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/sluice";
@@ -55,6 +55,10 @@ pub const AYA_LOGS_BYTES: u32 = 1 << 17;
 pub const ENDPOINTS: &str = "ENDPOINTS";
 /// Most endpoint addresses on a node (pods x addresses per pod).
 pub const ENDPOINTS_MAX: u32 = 65_536;
+/// The IPv4 addresses each host veth may send from:
+/// [`crate::SourceKey4`] -> [`crate::EndpointInfo`], written by the plugin
+/// beside `ENDPOINTS` (same capacity).
+pub const SOURCES4: &str = "SOURCES4";
 
 /// Link pin of `from_pod` on a host-side veth: `links/tcx-<ifname>-ingress`.
 pub const TCX_INGRESS_SUFFIX: &str = "-ingress";
@@ -155,7 +159,7 @@ impl MapSpec {
 }
 
 /// Every pinned map of the datapath and its expected shape.
-pub const MAP_SPECS: [MapSpec; 16] = [
+pub const MAP_SPECS: [MapSpec; 17] = [
     MapSpec {
         name: PREFILTER_PROTO,
         map_type: BPF_MAP_TYPE_HASH,
@@ -195,6 +199,13 @@ pub const MAP_SPECS: [MapSpec; 16] = [
         name: ENDPOINTS,
         map_type: BPF_MAP_TYPE_HASH,
         key_size: size_of::<EndpointKey>() as u32,
+        value_size: size_of::<EndpointInfo>() as u32,
+        max_entries: ENDPOINTS_MAX,
+    },
+    MapSpec {
+        name: SOURCES4,
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: size_of::<SourceKey4>() as u32,
         value_size: size_of::<EndpointInfo>() as u32,
         max_entries: ENDPOINTS_MAX,
     },

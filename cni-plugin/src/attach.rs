@@ -48,10 +48,11 @@ use aya::{
 };
 use cni_ebpf_common::{
     maps::{
-        ENDPOINTS, LINKS_DIR, MAPS_DIR, PROGS_DIR, PROG_FROM_POD, PROG_TO_POD, TCX_EGRESS_SUFFIX,
-        TCX_INGRESS_SUFFIX, TCX_LINK_PREFIX, TC_FILTER_HANDLE, TC_FILTER_PRIORITY,
+        ENDPOINTS, LINKS_DIR, MAPS_DIR, PROGS_DIR, PROG_FROM_POD, PROG_TO_POD, SOURCES4,
+        TCX_EGRESS_SUFFIX, TCX_INGRESS_SUFFIX, TCX_LINK_PREFIX, TC_FILTER_HANDLE,
+        TC_FILTER_PRIORITY,
     },
-    EndpointInfo, EndpointKey,
+    EndpointInfo, EndpointKey, SourceKey4,
 };
 
 use crate::error::{CniError, CniResult, Code};
@@ -367,35 +368,120 @@ fn open_endpoints(bpffs_dir: &Path) -> CniResult<HashMap<MapData, EndpointKey, E
         }
         Err(e) => return Err(map_error(format!("opening {}", path.display()), e)),
     };
+    typed_map(&path, data)
+}
+
+fn typed_map<K: aya::Pod, V: aya::Pod>(
+    path: &Path,
+    data: MapData,
+) -> CniResult<HashMap<MapData, K, V>> {
     let map = Map::from_map_data(data)
         .map_err(|e| map_error(format!("reading {}", path.display()), e))?;
     HashMap::try_from(map)
         .map_err(|e| map_error(format!("{} has another layout", path.display()), e))
 }
 
-/// One entry per pod address, all with `info`. When a later insert fails,
-/// the entries written so far are removed again.
+/// The pin of the `SOURCES4` map.
+pub fn sources_pin(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join(MAPS_DIR).join(SOURCES4)
+}
+
+/// `SOURCES4`, or `None` when the agent pinned none (an agent from before
+/// it: `from_pod` then finds every source in `ENDPOINTS`).
+fn open_sources(bpffs_dir: &Path) -> CniResult<Option<HashMap<MapData, SourceKey4, EndpointInfo>>> {
+    let path = sources_pin(bpffs_dir);
+    match MapData::from_pin(&path) {
+        Ok(data) => typed_map(&path, data).map(Some),
+        Err(_) if !path.exists() => Ok(None),
+        Err(e) => Err(map_error(format!("opening {}", path.display()), e)),
+    }
+}
+
+/// The `SOURCES4` key of `addr` (IPv4 only) behind the veth `ifindex`.
+pub fn source_key(ifindex: u32, addr: IpAddr) -> Option<SourceKey4> {
+    match addr {
+        IpAddr::V4(a) => Some(SourceKey4 {
+            ifindex,
+            addr: a.octets(),
+        }),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Treats "no such entry" as removed.
+fn remove_entry<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<(), MapError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One `ENDPOINTS` entry per pod address and one `SOURCES4` entry per IPv4
+/// address (behind `info.ifindex`), all with `info`. When a later insert
+/// fails, the entries written so far are removed again.
 pub fn write_endpoints(bpffs_dir: &Path, addrs: &[IpAddr], info: EndpointInfo) -> CniResult<()> {
     let mut map = open_endpoints(bpffs_dir)?;
+    let mut sources = open_sources(bpffs_dir)?;
+    let undo = |map: &mut HashMap<MapData, EndpointKey, EndpointInfo>,
+                sources: &mut Option<HashMap<MapData, SourceKey4, EndpointInfo>>,
+                done: &[IpAddr]| {
+        for addr in done {
+            if let (Some(sources), Some(key)) = (sources.as_mut(), source_key(info.ifindex, *addr))
+            {
+                let _ = remove_entry(sources, &key);
+            }
+            let _ = remove_entry(map, &endpoint_key(*addr));
+        }
+    };
     for (i, addr) in addrs.iter().enumerate() {
         if let Err(e) = map.insert(endpoint_key(*addr), info, BPF_ANY) {
-            for done in &addrs[..i] {
-                let _ = map.remove(&endpoint_key(*done));
-            }
+            undo(&mut map, &mut sources, &addrs[..i]);
             return Err(map_error(
                 format!("writing the ENDPOINTS entry of {addr}"),
                 e,
             ));
         }
+        if let (Some(map4), Some(key)) = (sources.as_mut(), source_key(info.ifindex, *addr)) {
+            if let Err(e) = map4.insert(key, info, BPF_ANY) {
+                undo(&mut map, &mut sources, &addrs[..=i]);
+                return Err(map_error(
+                    format!("writing the SOURCES4 entry of {addr}"),
+                    e,
+                ));
+            }
+        }
     }
     Ok(())
 }
 
-/// Removes every `ENDPOINTS` entry whose `endpoint_id` is `endpoint_id`
-/// (found by a scan, so DEL needs neither state nor addresses). Entries of
-/// other endpoints (an address reused meanwhile) are left alone. A missing
-/// map is success. Returns the addresses removed.
+/// Removes every `SOURCES4` and `ENDPOINTS` entry whose `endpoint_id` is
+/// `endpoint_id` (found by a scan, so DEL needs neither state nor
+/// addresses), `SOURCES4` first: GC finds what an interrupted DEL left by
+/// `ENDPOINTS`. Entries of other endpoints (an address reused meanwhile)
+/// are left alone. A missing map is success. Returns the `ENDPOINTS` keys
+/// removed.
 pub fn remove_endpoints(bpffs_dir: &Path, endpoint_id: u64) -> CniResult<Vec<EndpointKey>> {
+    let removal_error = |map: &str, e: MapError| {
+        map_error(
+            format!("removing a {map} entry of endpoint {endpoint_id:016x}"),
+            e,
+        )
+    };
+    if let Some(mut sources) = open_sources(bpffs_dir)? {
+        let mine: Vec<SourceKey4> = sources
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.endpoint_id == endpoint_id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in &mine {
+            remove_entry(&mut sources, key).map_err(|e| removal_error(SOURCES4, e))?;
+        }
+    }
     if !endpoints_pin(bpffs_dir).exists() {
         return Ok(Vec::new());
     }
@@ -407,19 +493,17 @@ pub fn remove_endpoints(bpffs_dir: &Path, endpoint_id: u64) -> CniResult<Vec<End
         .map(|(k, _)| k)
         .collect();
     for key in &mine {
-        match map.remove(key) {
-            Ok(()) => {}
-            Err(MapError::KeyNotFound) => {}
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(map_error(
-                    format!("removing an ENDPOINTS entry of endpoint {endpoint_id:016x}"),
-                    e,
-                ))
-            }
-        }
+        remove_entry(&mut map, key).map_err(|e| removal_error(ENDPOINTS, e))?;
     }
     Ok(mine)
+}
+
+/// Every `SOURCES4` entry (none when the map is not pinned).
+pub fn source_entries(bpffs_dir: &Path) -> CniResult<Vec<(SourceKey4, EndpointInfo)>> {
+    Ok(match open_sources(bpffs_dir)? {
+        Some(map) => map.iter().filter_map(Result::ok).collect(),
+        None => Vec::new(),
+    })
 }
 
 /// Every `ENDPOINTS` entry (none when the map is not pinned).

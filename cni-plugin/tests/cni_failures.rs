@@ -371,6 +371,25 @@ fn check_reports_each_kind_of_drift_as_102() {
             "ENDPOINTS",
         ),
         (
+            "source entry",
+            |w, _, cid, r| {
+                let index = host_ifindex(w, cid);
+                let v4 = result_ips(r).into_iter().find(|a| a.is_ipv4()).unwrap();
+                let key = attach::source_key(index, v4).unwrap();
+                let pin = attach::sources_pin(&w.pins.dir);
+                let mut map: aya::maps::HashMap<
+                    _,
+                    cni_ebpf_common::SourceKey4,
+                    cni_ebpf_common::EndpointInfo,
+                > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+                    aya::maps::MapData::from_pin(pin).unwrap(),
+                ))
+                .unwrap();
+                map.remove(&key).unwrap();
+            },
+            "SOURCES4",
+        ),
+        (
             "state record",
             |w, _, cid, _| {
                 std::fs::remove_file(w.state_dir().join(format!("{cid}@eth0.json"))).unwrap();

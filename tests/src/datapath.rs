@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -24,14 +24,14 @@ use cni_agent::{
 use cni_ebpf_common::{
     maps::{
         CT4, CT6, ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_CONFIG, POLICY_EVENTS,
-        POLICY_PORT_RANGES, POLICY_STATE,
+        POLICY_PORT_RANGES, POLICY_STATE, SOURCES4,
     },
     policy::{
         Ct4Key, CtEntry, CtKey, DropEvent, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState,
         PolicyValue, PortRanges, PORT_RANGES_PER_KEY,
     },
     prefilter::{FAMILY_IPV4, FAMILY_IPV6},
-    EndpointInfo, EndpointKey,
+    EndpointInfo, EndpointKey, SourceKey4,
 };
 use ipnet::IpNet;
 
@@ -69,6 +69,14 @@ pub fn endpoint_key(addr: IpAddr) -> EndpointKey {
     match addr {
         IpAddr::V4(a) => EndpointKey::v4(a.octets()),
         IpAddr::V6(a) => EndpointKey::v6(a.octets()),
+    }
+}
+
+/// The `SOURCES4` key of `addr` sent from behind veth `ifindex`.
+pub fn source_key4(ifindex: u32, addr: Ipv4Addr) -> SourceKey4 {
+    SourceKey4 {
+        ifindex,
+        addr: addr.octets(),
     }
 }
 
@@ -204,6 +212,10 @@ impl Datapath {
         self.map(ENDPOINTS)
     }
 
+    fn sources4(&self) -> HashMap<MapData, SourceKey4, EndpointInfo> {
+        self.map(SOURCES4)
+    }
+
     /// Registers `addr` as an address of local endpoint `endpoint_id`, as
     /// the plugin does on ADD (flags 0).
     pub fn add_endpoint(&self, addr: IpAddr, endpoint_id: u64) {
@@ -229,13 +241,62 @@ impl Datapath {
             _pad: [0; 4],
             endpoint_id,
         };
+        if let (IpAddr::V4(v4), Ok(before)) = (addr, self.endpoints().get(&endpoint_key(addr), 0)) {
+            // The address moves to another veth: its former pod's DEL would
+            // have removed that veth's pair.
+            if before.ifindex != ifindex {
+                let _ = self.sources4().remove(&source_key4(before.ifindex, v4));
+            }
+        }
         self.endpoints()
             .insert(endpoint_key(addr), info, 0)
             .unwrap_or_else(|e| panic!("inserting endpoint {addr}: {e}"));
+        if let IpAddr::V4(v4) = addr {
+            self.sources4()
+                .insert(source_key4(ifindex, v4), info, 0)
+                .unwrap_or_else(|e| panic!("inserting source {addr}: {e}"));
+        }
+    }
+
+    /// Writes only the `SOURCES4` entry of (`ifindex`, `addr`), for
+    /// endpoint `endpoint_id` (flags 0).
+    pub fn add_source4(&self, ifindex: u32, addr: Ipv4Addr, endpoint_id: u64) {
+        let info = EndpointInfo {
+            ifindex,
+            flags: 0,
+            mac: crate::frames::SRC_MAC,
+            host_mac: [0; 6],
+            _pad: [0; 4],
+            endpoint_id,
+        };
+        self.sources4()
+            .insert(source_key4(ifindex, addr), info, 0)
+            .unwrap_or_else(|e| panic!("inserting source {addr}: {e}"));
+    }
+
+    /// Removes only the `SOURCES4` entry of (`ifindex`, `addr`), as a
+    /// plugin from before the map left it missing.
+    pub fn remove_source4(&self, ifindex: u32, addr: Ipv4Addr) {
+        self.sources4()
+            .remove(&source_key4(ifindex, addr))
+            .unwrap_or_else(|e| panic!("removing source {addr}: {e}"));
+    }
+
+    /// The `SOURCES4` entry of `addr` behind veth `ifindex`, if any.
+    pub fn source4(&self, ifindex: u32, addr: Ipv4Addr) -> Option<EndpointInfo> {
+        self.sources4().get(&source_key4(ifindex, addr), 0).ok()
     }
 
     /// Forgets `addr`, as the plugin does on DEL.
     pub fn remove_endpoint(&self, addr: IpAddr) {
+        let info = self
+            .endpoints()
+            .get(&endpoint_key(addr), 0)
+            .unwrap_or_else(|e| panic!("reading endpoint {addr}: {e}"));
+        if let IpAddr::V4(v4) = addr {
+            // Absent when registered without one.
+            let _ = self.sources4().remove(&source_key4(info.ifindex, v4));
+        }
         self.endpoints()
             .remove(&endpoint_key(addr))
             .unwrap_or_else(|e| panic!("removing endpoint {addr}: {e}"));

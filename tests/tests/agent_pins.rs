@@ -581,21 +581,7 @@ fn flows_of_the_retired_conntrack_map_are_carried_over() {
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(open(CT4))).unwrap();
     ct4.insert(v4_retracked.v4(), entry(9, 1), 0).unwrap();
 
-    let config = cni_agent::agent::AgentConfig {
-        bpffs_dir: dir.path().to_path_buf(),
-        uplinks: Vec::new(),
-        prefilter: None,
-        xdp_mode: XdpMode::default(),
-        ebpf_log_level: 0,
-        metrics_addr: None,
-        state_dir: state.path().to_path_buf(),
-        api_socket: state.path().join("api.sock"),
-        manifests: None,
-        kube: None,
-        node_addresses: Vec::new(),
-        allow_host: true,
-        policy_enforcement: None,
-    };
+    let config = agent_config(&dir, state.path());
     drop(cni_agent::agent::setup(&config).expect("agent setup over the old map"));
 
     assert!(!layout.map(RETIRED_CT).exists(), "the old pin is removed");
@@ -615,4 +601,87 @@ fn flows_of_the_retired_conntrack_map_are_carried_over() {
     // The next start finds nothing to carry.
     drop(cni_agent::agent::setup(&config).expect("second setup"));
     assert_eq!(ct4.keys().count(), 2);
+}
+
+/// A plain agent on `dir` (no uplinks, rules or policy source).
+fn agent_config(dir: &BpffsDir, state_dir: &std::path::Path) -> cni_agent::agent::AgentConfig {
+    cni_agent::agent::AgentConfig {
+        bpffs_dir: dir.path().to_path_buf(),
+        uplinks: Vec::new(),
+        prefilter: None,
+        xdp_mode: XdpMode::default(),
+        ebpf_log_level: 0,
+        metrics_addr: None,
+        state_dir: state_dir.to_path_buf(),
+        api_socket: state_dir.join("api.sock"),
+        manifests: None,
+        kube: None,
+        node_addresses: Vec::new(),
+        allow_host: true,
+        policy_enforcement: None,
+    }
+}
+
+/// An agent upgrading a node from before `SOURCES4` (no pin) fills it from
+/// the IPv4 entries of `ENDPOINTS`, the map the plugin wrote; a reused
+/// `SOURCES4` is left as the plugin wrote it.
+#[test]
+fn a_new_sources_map_is_filled_from_endpoints() {
+    use cni_ebpf_common::{
+        maps::{ENDPOINTS, SOURCES4},
+        EndpointInfo, EndpointKey, SourceKey4,
+    };
+
+    require_root("a_new_sources_map_is_filled_from_endpoints");
+    let dir = BpffsDir::new();
+    ensure_bpffs(dir.path()).expect("bpffs");
+    let layout = dir.layout();
+    drop(loader::load(&layout, 0).expect("load"));
+    let state = tempfile::tempdir().expect("state dir");
+    let open = |name: &str| {
+        aya::maps::Map::HashMap(aya::maps::MapData::from_pin(layout.map(name)).unwrap())
+    };
+    let info = |ifindex: u32, endpoint_id: u64| EndpointInfo {
+        ifindex,
+        flags: 0,
+        mac: [2, 0, 0, 0, 0, 1],
+        host_mac: [2, 0, 0, 0, 0, 2],
+        _pad: [0; 4],
+        endpoint_id,
+    };
+    let mut endpoints: aya::maps::HashMap<_, EndpointKey, EndpointInfo> =
+        aya::maps::HashMap::try_from(open(ENDPOINTS)).unwrap();
+    endpoints
+        .insert(EndpointKey::v4([10, 244, 4, 5]), info(40, 5), 0)
+        .unwrap();
+    endpoints
+        .insert(EndpointKey::v6([0xfd; 16]), info(40, 5), 0)
+        .unwrap();
+    endpoints
+        .insert(EndpointKey::v4([10, 244, 4, 6]), info(41, 6), 0)
+        .unwrap();
+    // What an agent from before SOURCES4 left.
+    std::fs::remove_file(layout.map(SOURCES4)).unwrap();
+
+    drop(cni_agent::agent::setup(&agent_config(&dir, state.path())).expect("setup"));
+    let sources: aya::maps::HashMap<_, SourceKey4, EndpointInfo> =
+        aya::maps::HashMap::try_from(open(SOURCES4)).unwrap();
+    let mut filled: Vec<(SourceKey4, EndpointInfo)> =
+        sources.iter().collect::<Result<_, _>>().unwrap();
+    filled.sort_by_key(|(k, _)| k.ifindex);
+    let pair = |ifindex: u32, last: u8| SourceKey4 {
+        ifindex,
+        addr: [10, 244, 4, last],
+    };
+    assert_eq!(
+        filled,
+        vec![(pair(40, 5), info(40, 5)), (pair(41, 6), info(41, 6))]
+    );
+
+    // Reused on the next start: what the plugin changed stays.
+    let mut sources: aya::maps::HashMap<_, SourceKey4, EndpointInfo> =
+        aya::maps::HashMap::try_from(open(SOURCES4)).unwrap();
+    sources.remove(&pair(41, 6)).unwrap();
+    drop(cni_agent::agent::setup(&agent_config(&dir, state.path())).expect("setup again"));
+    assert_eq!(sources.keys().count(), 1);
 }

@@ -38,7 +38,9 @@ use cni_ebpf_common::{
 };
 use ipnet::IpNet;
 use tests::{
-    datapath::{ct_key, delta, family_and_bytes, Datapath, Reasons, TCX_NEXT, TC_ACT_SHOT},
+    datapath::{
+        ct_key, delta, family_and_bytes, Datapath, Reasons, LOOPBACK_IFINDEX, TCX_NEXT, TC_ACT_SHOT,
+    },
     frames::*,
 };
 
@@ -524,6 +526,37 @@ fn spoofed_sources_are_dropped_when_enforcing() {
         }
         assert_eq!(node.dp.ct_keys().len(), 1, "{}: one flow tracked", net.name);
     }
+}
+
+/// `from_pod` finds an IPv4 source by (veth, address) in `SOURCES4`, and
+/// falls back on `ENDPOINTS` where that pair is missing: either map alone
+/// identifies the sender, and neither accepts another veth's address.
+#[test]
+fn ipv4_sources_are_found_by_veth_and_address_or_by_address() {
+    let node = Node::new(v4());
+    let net = &node.net;
+    let (IpAddr::V4(a), IpAddr::V4(b)) = (net.a, net.b) else {
+        unreachable!("the v4 net")
+    };
+    let passes = Reason::FROM_POD_PASS_POLICY;
+    let spoofed = Reason::FROM_POD_DROP_SPOOFED;
+    let flow = |src: IpAddr| Flow::new(src, net.remote, L4::Tcp, 80);
+    assert!(node.dp.source4(LOOPBACK_IFINDEX, a).is_some());
+    node.run_from_pod(&flow(net.a), passes);
+    // ENDPOINTS alone (an older plugin's pod).
+    node.dp.remove_source4(LOOPBACK_IFINDEX, a);
+    node.run_from_pod(&flow(net.a), passes);
+    // SOURCES4 alone: the pair is enough.
+    node.dp.remove_endpoint(net.a);
+    node.run_from_pod(&flow(net.a), spoofed);
+    node.dp.add_source4(LOOPBACK_IFINDEX, a, EP_A);
+    node.run_from_pod(&flow(net.a), passes);
+    // B's address from behind another veth (7), in both maps: not from
+    // loopback, where the test's packets arrive.
+    node.dp.remove_endpoint(net.b);
+    node.dp.add_endpoint_on(net.b, EP_B, 0, 7);
+    assert!(node.dp.source4(7, b).is_some());
+    node.run_from_pod(&flow(net.b), spoofed);
 }
 
 #[test]

@@ -57,14 +57,14 @@ use aya::{
 use cni_ebpf_common::{
     maps::{
         CT4, CT6, ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_CONFIG, POLICY_PORT_RANGES,
-        POLICY_STATE,
+        POLICY_STATE, SOURCES4,
     },
     policy::{
         Ct4Key, CtEntry, CtKey, IpcacheEntry, PolicyConfig, PolicyKey, PolicyState, PolicyValue,
         PortRanges, POLICY_CONFIG_F_ENFORCE, PORT_RANGES_PER_KEY,
     },
     prefilter::FAMILY_IPV4,
-    EndpointInfo, EndpointKey,
+    EndpointInfo, EndpointKey, SourceKey4,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
@@ -509,6 +509,7 @@ pub fn map_fill(layout: &PinLayout) -> anyhow::Result<Vec<MapFill>> {
         IPCACHE4,
         IPCACHE6,
         ENDPOINTS,
+        SOURCES4,
         CT4,
         CT6,
     ] {
@@ -519,6 +520,7 @@ pub fn map_fill(layout: &PinLayout) -> anyhow::Result<Vec<MapFill>> {
             IPCACHE4 => count_lpm::<[u8; 4]>(layout, name)?,
             IPCACHE6 => count_lpm::<[u8; 16]>(layout, name)?,
             ENDPOINTS => count_hash::<EndpointKey, EndpointInfo>(layout, name)?,
+            SOURCES4 => count_hash::<SourceKey4, EndpointInfo>(layout, name)?,
             CT4 => count_hash::<Ct4Key, CtEntry>(layout, name)?,
             _ => count_hash::<CtKey, CtEntry>(layout, name)?,
         };

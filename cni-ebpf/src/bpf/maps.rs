@@ -18,7 +18,7 @@ use cni_ebpf_common::{
         PolicyValue, PortRanges,
     },
     prefilter::{Cidr4Addr, Cidr6Addr},
-    Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue,
+    Counter, EndpointInfo, EndpointKey, ProtoKey, RuleValue, SourceKey4,
 };
 
 /// Protocol rules of the prefilter.
@@ -49,6 +49,10 @@ pub static REASON_COUNTERS: PerCpuArray<Counter, { REASONS_MAX as usize }> = Per
 #[btf_map]
 pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo, { ENDPOINTS_MAX as usize }> =
     HashMap::new();
+
+/// (host veth, IPv4 source address) -> endpoint; written by the plugin.
+#[btf_map]
+pub static SOURCES4: HashMap<SourceKey4, EndpointInfo, { ENDPOINTS_MAX as usize }> = HashMap::new();
 
 /// Address -> identity (IPv4), longest prefix wins; written by the agent.
 #[btf_map]

@@ -29,7 +29,9 @@ use super::{
         is_icmp_error, parse_frame, IpPacket, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
         IPPROTO_TCP, IPPROTO_UDP,
     },
-    policy::{check_from_pod, check_ingress, endpoint, FROM_POD_REASONS, TO_POD_REASONS},
+    policy::{
+        check_from_pod, check_ingress, endpoint, source_endpoint, FROM_POD_REASONS, TO_POD_REASONS,
+    },
 };
 
 /// Bytes of headers the parser may read: Ethernet, two VLAN tags, IPv6 with
@@ -204,9 +206,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, ()> {
     // The source must be an address of the pod behind *this* veth: a pod
     // sending with another local pod's address would otherwise be judged,
     // tracked and forwarded as that pod.
-    let Some(src) =
-        endpoint(packet.family, &packet.src).filter(|src| src.ifindex == ingress_ifindex)
-    else {
+    let Some(src) = source_endpoint(packet.family, &packet.src, ingress_ifindex) else {
         let reason = if enforce {
             Reason::FROM_POD_DROP_SPOOFED
         } else {

@@ -10,7 +10,7 @@ use cni_ebpf_common::{
         IDENTITY_WORLD, PORT_ANY, PORT_RANGES_PER_KEY, PROTO_ANY,
     },
     prefilter::FAMILY_IPV4,
-    EndpointInfo, EndpointKey, Reason,
+    EndpointInfo, EndpointKey, Reason, SourceKey4,
 };
 
 // Keys are built from little-endian words (see `endpoint`).
@@ -18,6 +18,7 @@ const _: () = assert!(cfg!(target_endian = "little"));
 
 use super::maps::{
     ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_EVENTS, POLICY_PORT_RANGES, POLICY_STATE,
+    SOURCES4,
 };
 
 /// A flow as policy sees it is its conntrack key in the initiating
@@ -58,6 +59,28 @@ pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<&'static EndpointInfo> {
             .get(key)
             .map(|info| &*(info as *const EndpointInfo))
     }
+}
+
+/// The endpoint behind the host veth `ifindex` that owns the source
+/// address `addr`: `None` when `addr` is no address of that pod (of no pod
+/// at all, or of another one: spoofed). IPv4 is found by the pair in
+/// `SOURCES4` (one hash round on an 8-byte key); a pair missing there (an
+/// older plugin wrote only `ENDPOINTS`), and IPv6, by the address in
+/// `ENDPOINTS`, whose veth must then be `ifindex`.
+#[inline(always)]
+pub fn source_endpoint(family: u8, addr: &[u8; 16], ifindex: u32) -> Option<&'static EndpointInfo> {
+    if family == FAMILY_IPV4 {
+        // SAFETY: same size, and every bit pattern is a valid array of words.
+        let words = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*addr) };
+        // Built from words, like the `ENDPOINTS` key below.
+        // SAFETY: `SourceKey4` is two 4-byte fields, 4-byte aligned.
+        let key = unsafe { core::mem::transmute::<[u32; 2], SourceKey4>([ifindex, words[0]]) };
+        // SAFETY: as in `endpoint`.
+        if let Some(info) = unsafe { SOURCES4.get(key) } {
+            return Some(unsafe { &*(info as *const EndpointInfo) });
+        }
+    }
+    endpoint(family, addr).filter(|info| info.ifindex == ifindex)
 }
 
 /// The endpoint's policy state, if the agent programmed it.

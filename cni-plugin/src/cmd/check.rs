@@ -135,6 +135,29 @@ pub fn run(req: &Request) -> CniResult<()> {
             Some(_) => {}
         }
     }
+    // Each IPv4 address is a source the pod's veth may send from. Without
+    // the entry from_pod still finds the pod (in ENDPOINTS), just slower:
+    // a mismatch all the same, as a repair (DEL + ADD) restores it. An agent
+    // that pins no SOURCES4 has no such fast path to check.
+    if attach::sources_pin(&bpffs_dir).exists() {
+        let sources = attach::source_entries(&bpffs_dir)?;
+        for ip in &prev.ips {
+            let Some(key) = attach::source_key(record.host_ifindex, ip.address.addr()) else {
+                continue;
+            };
+            if !sources
+                .iter()
+                .any(|(k, info)| *k == key && info.endpoint_id == id)
+            {
+                return Err(mismatch(format!(
+                    "no SOURCES4 entry for {} behind ifindex {} ({}) (endpoint {id:016x})",
+                    ip.address.addr(),
+                    record.host_ifindex,
+                    record.host_veth
+                )));
+            }
+        }
+    }
 
     if conf.ip_masq {
         let prefix = masq::comment_prefix(id);

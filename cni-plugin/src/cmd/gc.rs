@@ -218,15 +218,28 @@ fn orphans(bpffs_dir: &Path, live: &HashSet<u64>) -> Vec<CniError> {
         .filter(|l| l.name.starts_with(HOST_PREFIX))
         .map(|l| l.index)
         .collect();
-    match attach::endpoint_entries(bpffs_dir) {
+    // SOURCES4 entries too: a DEL interrupted between the two maps leaves
+    // its ENDPOINTS entries, but a source whose ENDPOINTS entry is gone
+    // must be found on its own.
+    let entries = attach::endpoint_entries(bpffs_dir).and_then(|endpoints| {
+        let sources = attach::source_entries(bpffs_dir)?;
+        Ok(endpoints
+            .into_iter()
+            .map(|(_, v)| v)
+            .chain(sources.into_iter().map(|(_, v)| v))
+            .collect::<Vec<_>>())
+    });
+    match entries {
         Ok(entries) => {
             let stale: HashSet<u64> = entries
                 .iter()
-                .filter(|(_, v)| !veths.contains(&v.ifindex) && !live.contains(&v.endpoint_id))
-                .map(|(_, v)| v.endpoint_id)
+                .filter(|v| !veths.contains(&v.ifindex) && !live.contains(&v.endpoint_id))
+                .map(|v| v.endpoint_id)
                 .collect();
             for id in stale {
-                tracing::info!("GC: removing ENDPOINTS entries of vanished endpoint {id:016x}");
+                tracing::info!(
+                    "GC: removing ENDPOINTS and SOURCES4 entries of vanished endpoint {id:016x}"
+                );
                 if let Err(e) = attach::remove_endpoints(bpffs_dir, id) {
                     errors.push(e);
                 }

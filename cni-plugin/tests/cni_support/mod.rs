@@ -410,6 +410,15 @@ impl World {
             .collect()
     }
 
+    /// Every `SOURCES4` entry as (address, endpoint id).
+    pub fn source_entries(&self) -> Vec<(IpAddr, u64)> {
+        attach::source_entries(&self.pins.dir)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (IpAddr::from(k.addr), v.endpoint_id))
+            .collect()
+    }
+
     /// Masquerade rules (comments) in the node namespace.
     pub fn masq_rules(&self) -> Vec<String> {
         self.node
@@ -457,6 +466,16 @@ impl World {
         let owners: std::collections::HashSet<u64> =
             self.endpoint_entries().iter().map(|(_, id)| *id).collect();
         assert_eq!(owners.len(), pods, "ENDPOINTS entries left:\n{report}");
+        // SOURCES4 holds exactly the IPv4 entries of ENDPOINTS.
+        let mut v4: Vec<(IpAddr, u64)> = self
+            .endpoint_entries()
+            .into_iter()
+            .filter(|(addr, _)| addr.is_ipv4())
+            .collect();
+        let mut sources = self.source_entries();
+        v4.sort();
+        sources.sort();
+        assert_eq!(sources, v4, "SOURCES4 against ENDPOINTS:\n{report}");
         let reserved = self.reservations().len();
         assert!(
             if pods == 0 {
