@@ -472,28 +472,29 @@ pub fn remove_endpoints(bpffs_dir: &Path, endpoint_id: u64) -> CniResult<Vec<End
         )
     };
     if let Some(mut sources) = open_sources(bpffs_dir)? {
-        let mine: Vec<SourceKey4> = sources
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.endpoint_id == endpoint_id)
-            .map(|(k, _)| k)
-            .collect();
-        for key in &mine {
-            remove_entry(&mut sources, key).map_err(|e| removal_error(SOURCES4, e))?;
-        }
+        remove_owned(&mut sources, endpoint_id).map_err(|e| removal_error(SOURCES4, e))?;
     }
     if !endpoints_pin(bpffs_dir).exists() {
         return Ok(Vec::new());
     }
     let mut map = open_endpoints(bpffs_dir)?;
-    let mine: Vec<EndpointKey> = map
+    remove_owned(&mut map, endpoint_id).map_err(|e| removal_error(ENDPOINTS, e))
+}
+
+/// Removes the entries of `map` that belong to `endpoint_id` (found by a
+/// scan); returns their keys.
+fn remove_owned<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, EndpointInfo>,
+    endpoint_id: u64,
+) -> Result<Vec<K>, MapError> {
+    let mine: Vec<K> = map
         .iter()
         .filter_map(Result::ok)
         .filter(|(_, v)| v.endpoint_id == endpoint_id)
         .map(|(k, _)| k)
         .collect();
     for key in &mine {
-        remove_entry(&mut map, key).map_err(|e| removal_error(ENDPOINTS, e))?;
+        remove_entry(map, key)?;
     }
     Ok(mine)
 }
