@@ -34,7 +34,10 @@ use cni_ebpf_common::{
     EndpointInfo, Reason,
 };
 
-use super::{parse::IpPacket, policy::endpoint};
+use super::{
+    parse::{words, IpPacket},
+    policy::endpoint,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -197,10 +200,9 @@ fn via_fib(ctx: &TcContext, packet: &IpPacket) -> Option<Forwarded> {
     // against the egress MTU and answers FRAG_NEEDED.
     if packet.family == FAMILY_IPV4 {
         params.family = AF_INET;
-        params.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
-        params.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([packet.dst[0], packet.dst[1], packet.dst[2], packet.dst[3]]);
+        // The words keep network byte order, as the kernel wants.
+        params.__bindgen_anon_3.ipv4_src = words(&packet.src)[0];
+        params.__bindgen_anon_4.ipv4_dst = words(&packet.dst)[0];
     } else {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(&packet.src);
@@ -267,18 +269,6 @@ fn via_fib(ctx: &TcContext, packet: &IpPacket) -> Option<Forwarded> {
         // device it came in on: the stack knows what to do.
         _ => stack(Reason::FORWARD_STACK_NO_ROUTE),
     }
-}
-
-/// An IPv6 address as the four 32-bit words of `bpf_fib_lookup` (network
-/// byte order kept: the words are the address bytes as they are).
-#[inline(always)]
-fn words(addr: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
-        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
-        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-    ]
 }
 
 /// `from_uplink`: a packet for a local pod with host routing, addressed to

@@ -104,11 +104,10 @@ pub fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(p) })
 }
 
-/// Four bytes of the packet at `offset` as a word, in packet (network)
-/// order.
+/// The four bytes of `bytes` at `at` as a word, in packet (network) order.
 #[inline(always)]
-fn read_word(start: usize, end: usize, offset: usize) -> Option<u32> {
-    read::<[u8; 4]>(start, end, offset).map(u32::from_ne_bytes)
+fn word_at<const N: usize>(bytes: &[u8; N], at: usize) -> u32 {
+    u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// An address from its words, in packet order (IPv4: one word, then zeros).
@@ -116,6 +115,14 @@ fn read_word(start: usize, end: usize, offset: usize) -> Option<u32> {
 fn address(words: [u32; 4]) -> [u8; 16] {
     // SAFETY: same size, and every bit pattern is a valid byte array.
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
+/// An address as its four words, in packet order: the inverse of
+/// [`address`]. Keys and helper arguments are built from these.
+#[inline(always)]
+pub fn words(addr: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: same size, and every bit pattern is a valid array of words.
+    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*addr) }
 }
 
 #[inline(always)]
@@ -166,14 +173,8 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
     }
     let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
     let protocol = header[9];
-    let (Some(src), Some(dst)) = (
-        read_word(start, end, l3 + 12),
-        read_word(start, end, l3 + 16),
-    ) else {
-        return Parsed::Malformed;
-    };
-    let src = address([src, 0, 0, 0]);
-    let dst = address([dst, 0, 0, 0]);
+    let src = address([word_at(&header, 12), 0, 0, 0]);
+    let dst = address([word_at(&header, 16), 0, 0, 0]);
     let l4 = if fragment_offset != 0 {
         // A later fragment: its first bytes are payload, not ports.
         Some(L4 {
@@ -205,17 +206,18 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
     if header[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let mut words = [0u32; 8];
-    let mut i = 0;
-    while i < 8 {
-        let Some(word) = read_word(start, end, l3 + 8 + i * 4) else {
-            return Parsed::Malformed;
-        };
-        words[i] = word;
-        i += 1;
-    }
-    let src = address([words[0], words[1], words[2], words[3]]);
-    let dst = address([words[4], words[5], words[6], words[7]]);
+    let src = address([
+        word_at(&header, 8),
+        word_at(&header, 12),
+        word_at(&header, 16),
+        word_at(&header, 20),
+    ]);
+    let dst = address([
+        word_at(&header, 24),
+        word_at(&header, 28),
+        word_at(&header, 32),
+        word_at(&header, 36),
+    ]);
     let mut next = header[6];
     let mut offset = l3 + IPV6_HLEN;
     let mut later_fragment = false;

@@ -16,9 +16,12 @@ use cni_ebpf_common::{
 // Keys are built from little-endian words (see `endpoint`).
 const _: () = assert!(cfg!(target_endian = "little"));
 
-use super::maps::{
-    ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_EVENTS, POLICY_PORT_RANGES, POLICY_STATE,
-    SOURCES4,
+use super::{
+    maps::{
+        ENDPOINTS, IPCACHE4, IPCACHE6, POLICY, POLICY_EVENTS, POLICY_PORT_RANGES, POLICY_STATE,
+        SOURCES4,
+    },
+    parse::words,
 };
 
 /// A flow as policy sees it is its conntrack key in the initiating
@@ -38,27 +41,22 @@ pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<&'static EndpointInfo> {
     // On this little-endian target the first word is `family` and the zero
     // padding. An IPv4 key is zero past the first four address bytes, and
     // so is every IPv4 address the programs hold (`IpPacket`, `CtKey`).
-    // SAFETY: same size, and every bit pattern is a valid array of words.
-    let words = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*addr) };
+    let addr_words = words(addr);
     // SAFETY: `EndpointKey` is 20 bytes of integers with 4-byte alignment.
     let key = unsafe {
         core::mem::transmute::<[u32; 5], EndpointKey>([
             u32::from(family),
-            words[0],
-            words[1],
-            words[2],
-            words[3],
+            addr_words[0],
+            addr_words[1],
+            addr_words[2],
+            addr_words[3],
         ])
     };
     // SAFETY: a map value stays valid for the rest of this program run
     // (RCU); a concurrent update may change its fields, each of which is
     // read once where it is used. Not copied: the copy cost every packet
     // and the stack has little room.
-    unsafe {
-        ENDPOINTS
-            .get(key)
-            .map(|info| &*(info as *const EndpointInfo))
-    }
+    unsafe { ENDPOINTS.get(key) }
 }
 
 /// The endpoint behind the host veth `ifindex` that owns the source
@@ -70,14 +68,13 @@ pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<&'static EndpointInfo> {
 #[inline(always)]
 pub fn source_endpoint(family: u8, addr: &[u8; 16], ifindex: u32) -> Option<&'static EndpointInfo> {
     if family == FAMILY_IPV4 {
-        // SAFETY: same size, and every bit pattern is a valid array of words.
-        let words = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*addr) };
         // Built from words, like the `ENDPOINTS` key below.
         // SAFETY: `SourceKey4` is two 4-byte fields, 4-byte aligned.
-        let key = unsafe { core::mem::transmute::<[u32; 2], SourceKey4>([ifindex, words[0]]) };
+        let key =
+            unsafe { core::mem::transmute::<[u32; 2], SourceKey4>([ifindex, words(addr)[0]]) };
         // SAFETY: as in `endpoint`.
         if let Some(info) = unsafe { SOURCES4.get(key) } {
-            return Some(unsafe { &*(info as *const EndpointInfo) });
+            return Some(info);
         }
     }
     endpoint(family, addr).filter(|info| info.ifindex == ifindex)
