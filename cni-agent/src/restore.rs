@@ -6,7 +6,7 @@
 //! attachment records hold what an entry needs. `SOURCES4`, new or
 //! migrated, is filled from `ENDPOINTS`.
 
-use std::{ffi::CString, net::IpAddr};
+use std::ffi::CString;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData};
@@ -103,13 +103,6 @@ fn entry_of(record: &StateRecord) -> Result<EndpointInfo, String> {
     })
 }
 
-fn key_of(addr: IpAddr) -> EndpointKey {
-    match addr {
-        IpAddr::V4(a) => EndpointKey::v4(a.octets()),
-        IpAddr::V6(a) => EndpointKey::v6(a.octets()),
-    }
-}
-
 /// Writes the `ENDPOINTS` entries of every attachment recorded in
 /// `state_dir` whose veth still exists (in the current network namespace),
 /// as the plugin wrote them. Returns how many endpoints were restored.
@@ -122,7 +115,7 @@ pub fn restore_endpoints(layout: &PinLayout, state_dir: &std::path::Path) -> any
         match entry_of(record) {
             Ok(info) => {
                 for addr in record.ips() {
-                    map.insert(key_of(addr), info, 0)
+                    map.insert(EndpointKey::of(addr), info, 0)
                         .with_context(|| format!("writing the ENDPOINTS entry of {addr}"))?;
                 }
                 restored += 1;
@@ -149,10 +142,10 @@ pub fn fill_sources(layout: &PinLayout) -> anyhow::Result<usize> {
         if key.family != FAMILY_IPV4 {
             continue;
         }
-        let source = SourceKey4 {
-            ifindex: info.ifindex,
-            addr: [key.addr[0], key.addr[1], key.addr[2], key.addr[3]],
-        };
+        let source = SourceKey4::new(
+            info.ifindex,
+            [key.addr[0], key.addr[1], key.addr[2], key.addr[3]],
+        );
         sources
             .insert(source, info, 0)
             .with_context(|| format!("writing the SOURCES4 entry of {:?}", source))?;

@@ -58,6 +58,14 @@ impl EndpointKey {
             addr: octets,
         }
     }
+
+    /// Key of an address of either family.
+    pub fn of(addr: core::net::IpAddr) -> Self {
+        match addr {
+            core::net::IpAddr::V4(a) => Self::v4(a.octets()),
+            core::net::IpAddr::V6(a) => Self::v6(a.octets()),
+        }
+    }
 }
 
 /// Key of `SOURCES4`: an IPv4 address the pod behind a host veth may send
@@ -73,6 +81,16 @@ pub struct SourceKey4 {
     pub ifindex: u32,
     /// The address, network byte order.
     pub addr: [u8; 4],
+}
+
+impl SourceKey4 {
+    /// Key of IPv4 address `octets` (as written) behind veth `ifindex`.
+    pub fn new(ifindex: u32, octets: [u8; 4]) -> Self {
+        Self {
+            ifindex,
+            addr: octets,
+        }
+    }
 }
 
 /// Value of `ENDPOINTS` and `SOURCES4`.

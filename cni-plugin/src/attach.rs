@@ -349,10 +349,7 @@ pub fn query(ifname: &str, how: TcAttach) -> CniResult<(Vec<String>, Vec<String>
 
 /// The `ENDPOINTS` key of an address.
 pub fn endpoint_key(addr: IpAddr) -> EndpointKey {
-    match addr {
-        IpAddr::V4(a) => EndpointKey::v4(a.octets()),
-        IpAddr::V6(a) => EndpointKey::v6(a.octets()),
-    }
+    EndpointKey::of(addr)
 }
 
 fn open_endpoints(bpffs_dir: &Path) -> CniResult<HashMap<MapData, EndpointKey, EndpointInfo>> {
@@ -400,10 +397,7 @@ fn open_sources(bpffs_dir: &Path) -> CniResult<Option<HashMap<MapData, SourceKey
 /// The `SOURCES4` key of `addr` (IPv4 only) behind the veth `ifindex`.
 pub fn source_key(ifindex: u32, addr: IpAddr) -> Option<SourceKey4> {
     match addr {
-        IpAddr::V4(a) => Some(SourceKey4 {
-            ifindex,
-            addr: a.octets(),
-        }),
+        IpAddr::V4(a) => Some(SourceKey4::new(ifindex, a.octets())),
         IpAddr::V6(_) => None,
     }
 }

@@ -66,18 +66,7 @@ pub fn delta(before: &Reasons, after: &Reasons) -> Reasons {
 
 /// The `ENDPOINTS` key of an address.
 pub fn endpoint_key(addr: IpAddr) -> EndpointKey {
-    match addr {
-        IpAddr::V4(a) => EndpointKey::v4(a.octets()),
-        IpAddr::V6(a) => EndpointKey::v6(a.octets()),
-    }
-}
-
-/// The `SOURCES4` key of `addr` sent from behind veth `ifindex`.
-pub fn source_key4(ifindex: u32, addr: Ipv4Addr) -> SourceKey4 {
-    SourceKey4 {
-        ifindex,
-        addr: addr.octets(),
-    }
+    EndpointKey::of(addr)
 }
 
 /// An address as the datapath stores it: family, and 16 bytes with IPv4 in
@@ -245,7 +234,9 @@ impl Datapath {
             // The address moves to another veth: its former pod's DEL would
             // have removed that veth's pair.
             if before.ifindex != ifindex {
-                let _ = self.sources4().remove(&source_key4(before.ifindex, v4));
+                let _ = self
+                    .sources4()
+                    .remove(&SourceKey4::new(before.ifindex, v4.octets()));
             }
         }
         self.endpoints()
@@ -253,7 +244,7 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("inserting endpoint {addr}: {e}"));
         if let IpAddr::V4(v4) = addr {
             self.sources4()
-                .insert(source_key4(ifindex, v4), info, 0)
+                .insert(SourceKey4::new(ifindex, v4.octets()), info, 0)
                 .unwrap_or_else(|e| panic!("inserting source {addr}: {e}"));
         }
     }
@@ -270,7 +261,7 @@ impl Datapath {
             endpoint_id,
         };
         self.sources4()
-            .insert(source_key4(ifindex, addr), info, 0)
+            .insert(SourceKey4::new(ifindex, addr.octets()), info, 0)
             .unwrap_or_else(|e| panic!("inserting source {addr}: {e}"));
     }
 
@@ -278,13 +269,15 @@ impl Datapath {
     /// plugin from before the map left it missing.
     pub fn remove_source4(&self, ifindex: u32, addr: Ipv4Addr) {
         self.sources4()
-            .remove(&source_key4(ifindex, addr))
+            .remove(&SourceKey4::new(ifindex, addr.octets()))
             .unwrap_or_else(|e| panic!("removing source {addr}: {e}"));
     }
 
     /// The `SOURCES4` entry of `addr` behind veth `ifindex`, if any.
     pub fn source4(&self, ifindex: u32, addr: Ipv4Addr) -> Option<EndpointInfo> {
-        self.sources4().get(&source_key4(ifindex, addr), 0).ok()
+        self.sources4()
+            .get(&SourceKey4::new(ifindex, addr.octets()), 0)
+            .ok()
     }
 
     /// Forgets `addr`, as the plugin does on DEL.
@@ -295,7 +288,9 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("reading endpoint {addr}: {e}"));
         if let IpAddr::V4(v4) = addr {
             // Absent when registered without one.
-            let _ = self.sources4().remove(&source_key4(info.ifindex, v4));
+            let _ = self
+                .sources4()
+                .remove(&SourceKey4::new(info.ifindex, v4.octets()));
         }
         self.endpoints()
             .remove(&endpoint_key(addr))
